@@ -18,7 +18,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from peers.common import PeerError  # noqa: E402
+from peers.common import PeerError
 
 Env = dict[str, str]
 

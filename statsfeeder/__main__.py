@@ -1,0 +1,5 @@
+import sys
+
+from statsfeeder.cli import main
+
+sys.exit(main())

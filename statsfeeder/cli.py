@@ -1,0 +1,346 @@
+"""``statsfeeder`` commands: once | run | validate | schema create|update|show | query | sizing.
+
+Errors print one line on stderr naming what is at fault and exit non-zero; secrets are never
+printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from statsfeeder.config import CassandraConfig, Config, Credentials, load_config
+from statsfeeder.errors import StatsfeederError
+
+log = logging.getLogger("statsfeeder")
+
+MEASURED_BYTES_PER_SAMPLE = 3.4
+"""On-disk bytes per stored sample measured by bench/storage.py (docs/performance.md)."""
+VCD_BYTES_PER_METRIC_DAY = 114_000
+SAMPLES_PER_DAY = 86400 // 20
+
+
+def _cassandra_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("Cassandra (as vCD's cell-management-tool names them)")
+    group.add_argument("-c", "--config", type=Path, help="take the cassandra section from here")
+    group.add_argument("--cluster-nodes", help="comma-separated node addresses")
+    group.add_argument("--port", type=int)
+    group.add_argument("--username")
+    group.add_argument("--password", help="prefer --password-file or CASSANDRA_PASSWORD")
+    group.add_argument("--password-file", type=Path)
+    group.add_argument("--ttl", type=int, help="retention in days")
+    group.add_argument("--keyspace")
+    group.add_argument("--ca-file", type=Path, help="PEM CA bundle that signed the nodes")
+    group.add_argument("--client-cert", type=Path)
+    group.add_argument("--client-key", type=Path)
+    group.add_argument("--no-ssl", action="store_true", help="plaintext (not for production)")
+    group.add_argument("--replication-factor", type=int)
+    group.add_argument("--datacenters", help="NetworkTopologyStrategy: dc1:3,dc2:3")
+
+
+def cassandra_config(args: argparse.Namespace) -> CassandraConfig:
+    """Merge the config file's cassandra section with command-line options."""
+    base: dict[str, Any] = {}
+    if args.config:
+        base = load_config(args.config).cassandra.model_dump(exclude_none=True)
+        if base.get("credentials"):
+            base["credentials"]["password"] = load_config(args.config).cassandra \
+                .credentials.secret()  # type: ignore[union-attr]
+    if args.cluster_nodes:
+        base["hosts"] = [h.strip() for h in args.cluster_nodes.split(",") if h.strip()]
+    for key, value in (("port", args.port), ("ttl_days", args.ttl), ("keyspace", args.keyspace)):
+        if value is not None:
+            base[key] = value
+    username = args.username or os.environ.get("CASSANDRA_USERNAME")
+    if username:
+        credentials: dict[str, Any] = {"username": username}
+        if args.password_file:
+            credentials["password_file"] = args.password_file
+        elif args.password is not None:
+            credentials["password"] = args.password
+        elif os.environ.get("CASSANDRA_PASSWORD") is not None:
+            credentials["password_env"] = "CASSANDRA_PASSWORD"
+        base["credentials"] = Credentials.model_validate(credentials).model_dump()
+        base["credentials"]["password"] = Credentials.model_validate(credentials).secret()
+        base["credentials"].pop("password_file", None)
+        base["credentials"].pop("password_env", None)
+    tls = dict(base.get("tls", {}))
+    if args.no_ssl:
+        tls["enabled"] = False
+    for key, value in (("ca_file", args.ca_file), ("client_cert_file", args.client_cert),
+                       ("client_key_file", args.client_key)):
+        if value is not None:
+            tls[key] = value
+    base["tls"] = tls
+    if args.replication_factor or args.datacenters:
+        if args.datacenters:
+            dcs = dict(item.split(":") for item in args.datacenters.split(","))
+            base["replication"] = {"strategy": "NetworkTopologyStrategy",
+                                   "datacenters": {k: int(v) for k, v in dcs.items()}}
+        else:
+            base["replication"] = {"replication_factor": args.replication_factor}
+    from statsfeeder.config import parse_config
+
+    wrapped = parse_config({"vcenters": [{"name": "x", "url": "https://x",
+                                          "credentials": {"username": "x", "password": "x"}}],
+                            "cassandra": base}, environ={})
+    return wrapped.cassandra
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from statsfeeder.sinks.cassandra import schema
+    from statsfeeder.sinks.cassandra.session import connect
+
+    config = cassandra_config(args)
+    cluster, session = connect(config)
+    try:
+        if args.schema_action == "create":
+            state = schema.create(session, config)
+            print(f"schema: keyspace {config.keyspace} ready")
+        elif args.schema_action == "update":
+            state = schema.update(session, config)
+            print(f"schema: keyspace {config.keyspace} updated")
+        else:
+            state = schema.inspect(session, config.keyspace)
+        print(state.describe())
+        return 0 if not state.problems else 1
+    finally:
+        cluster.shutdown()
+
+
+def _parse_since(text: str) -> int:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        return int(float(text[:-1]) * units[text[-1]]) if text[-1] in units else int(text)
+    except (ValueError, IndexError):
+        raise StatsfeederError(f"query: --since {text!r}: use e.g. 90s, 15m, 1h, 2d") from None
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from statsfeeder.sinks.cassandra.reader import read_series
+    from statsfeeder.sinks.cassandra.session import connect
+
+    config = cassandra_config(args)
+    until = int(time.time()) + 60
+    since = until - 60 - _parse_since(args.since)
+    cluster, session = connect(config)
+    try:
+        found = read_series(session, config.keyspace, args.vm, args.metric, since, until)
+    finally:
+        cluster.shutdown()
+    rows = [(s.metric, s.instance, int(ts), float(v) * s.scale, s.unit)
+            for s in found for ts, v in zip(s.timestamps, s.values, strict=True)]
+    if args.format == "json":
+        print(json.dumps([{"metric": m, "instance": i, "timestamp": ts, "value": v, "unit": u}
+                          for m, i, ts, v, u in rows]))
+    elif args.format == "csv":
+        print("metric,instance,timestamp,value,unit")
+        for m, i, ts, v, u in rows:
+            print(f"{m},{i},{ts},{v:g},{u}")
+    else:
+        print(f"{'metric':<26} {'instance':<10} {'time (UTC)':<20} {'value':>12} unit")
+        for m, i, ts, v, u in rows:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))
+            print(f"{m:<26} {i or '-':<10} {stamp:<20} {v:>12g} {u}")
+    if not rows:
+        print(f"query: no samples for {args.vm} {','.join(args.metric)} since {args.since}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_sizing(args: argparse.Namespace) -> int:
+    samples_per_s = args.vms * args.metrics / 20
+    ours = args.vms * args.metrics * SAMPLES_PER_DAY * args.ttl * args.rf \
+        * MEASURED_BYTES_PER_SAMPLE
+    vcd = args.vms * args.metrics * args.ttl * args.rf * VCD_BYTES_PER_METRIC_DAY
+    print(f"VMs {args.vms}, metrics/VM {args.metrics}, retention {args.ttl} d, RF {args.rf}")
+    print(f"samples written: {samples_per_s:,.0f}/s average, "
+          f"{args.vms * args.metrics * 15:,} per 5-minute cycle")
+    print(f"statsfeeder: disk {ours / 1e9:,.1f} GB ({MEASURED_BYTES_PER_SAMPLE} B/sample "
+          f"measured), ~{args.vms * args.metrics * args.rf / 300:,.0f} row writes/s")
+    print(f"vCD KairosDB-era formula: disk {vcd / 1e9:,.1f} GB (114 kB/metric/day), "
+          f"{args.vms * args.metrics * args.rf / 10:,.0f} write IOPS")
+    return 0
+
+
+def _build(config: Config) -> tuple[Any, list[Any]]:
+    from statsfeeder.pipeline import Pipeline
+    from statsfeeder.sinks.cassandra.sink import CassandraSink
+    from statsfeeder.sources.vcenter.source import VCenterSource
+    from statsfeeder.telemetry import Telemetry
+    from statsfeeder.transforms.retag import Resolver, Retagger, StaticMapResolver
+
+    telemetry = Telemetry()
+    resolvers: list[Resolver] = []
+    if config.vcd.mapping_file:
+        resolvers.append(StaticMapResolver.from_file(config.vcd.mapping_file))
+    retagger = Retagger(resolvers, config.vcd.unmapped)
+    sink = CassandraSink(config.cassandra)
+    pipelines = [Pipeline(VCenterSource(vc, config.collection), sink, retagger, telemetry)
+                 for vc in config.vcenters]
+    return telemetry, pipelines
+
+
+async def _once(config: Config) -> int:
+    _, pipelines = _build(config)
+    sink = pipelines[0].sink
+    await asyncio.to_thread(sink.open)
+    try:
+        status = 0
+        for pipeline in pipelines:
+            try:
+                await pipeline.source.start()
+                sink.record_counters(pipeline.source.counters)
+                pipeline.load_watermarks()
+                report = await pipeline.run_cycle()
+            except StatsfeederError as exc:
+                print(f"statsfeeder: {exc}", file=sys.stderr)
+                status = 1
+                continue
+            print(report.summary())
+            if not report.ok:
+                status = 1
+        return status
+    finally:
+        for pipeline in pipelines:
+            await asyncio.to_thread(pipeline.source.client.close)
+        sink.close()
+
+
+async def _run(config: Config) -> int:
+    """Cycles aligned to wall-clock multiples of the interval; one cycle per vCenter at once."""
+    telemetry, pipelines = _build(config)
+    sink = pipelines[0].sink
+    await asyncio.to_thread(sink.open)
+    server = telemetry.serve(config.telemetry.listen)
+    telemetry.up.set(1)
+    interval = config.collection.interval_seconds
+    running: dict[str, asyncio.Task[Any]] = {}
+    started: set[str] = set()
+
+    async def cycle(pipeline: Any) -> None:
+        name = pipeline.source.name
+        try:
+            if name not in started:
+                await pipeline.source.start()
+                sink.record_counters(pipeline.source.counters)
+                pipeline.load_watermarks()
+                started.add(name)
+            log.info((await pipeline.run_cycle()).summary())
+        except StatsfeederError as exc:
+            log.error("vCenter %s: cycle failed: %s", name, exc)
+
+    try:
+        while True:
+            for pipeline in pipelines:
+                name = pipeline.source.name
+                task = running.get(name)
+                if task is not None and not task.done():
+                    telemetry.cycle_overruns.labels(name).inc()
+                    log.warning("vCenter %s: previous cycle still running; skipped", name)
+                    continue
+                running[name] = asyncio.create_task(cycle(pipeline))
+            now = time.time()
+            await asyncio.sleep(interval - now % interval)
+    finally:
+        server.shutdown()
+        sink.close()
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    return asyncio.run(_once(config) if args.command == "once" else _run(config))
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    print(f"config: {args.config} is valid ({len(config.vcenters)} vCenter(s), "
+          f"{len(config.collection.metrics)} metrics)")
+    if args.offline:
+        return 0
+    from statsfeeder.sinks.cassandra import schema
+    from statsfeeder.sinks.cassandra.session import connect
+    from statsfeeder.sources.vcenter.source import VCenterSource
+
+    status = 0
+    for vc in config.vcenters:
+        source = VCenterSource(vc, config.collection)
+        try:
+            source.client.connect()
+            source.client.current_time()
+            print(f"vCenter {vc.name}: reachable, logged in")
+        except StatsfeederError as exc:
+            print(f"statsfeeder: {exc}", file=sys.stderr)
+            status = 1
+        finally:
+            source.client.close()
+    if config.cassandra.enabled:
+        try:
+            cluster, session = connect(config.cassandra)
+            try:
+                schema.check(session, config.cassandra.keyspace)
+            finally:
+                cluster.shutdown()
+            print(f"cassandra: reachable, keyspace {config.cassandra.keyspace} as expected")
+        except StatsfeederError as exc:
+            print(f"statsfeeder: {exc}", file=sys.stderr)
+            status = 1
+    return status
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="statsfeeder", description=__doc__)
+    top.add_argument("-v", "--verbose", action="store_true")
+    commands = top.add_subparsers(dest="command", required=True)
+    for name, text in (("once", "run one collection cycle for every vCenter and exit"),
+                       ("run", "run the service: cycles aligned to the interval")):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("-c", "--config", type=Path, required=True)
+        sub.set_defaults(handler=cmd_collect)
+    validate = commands.add_parser("validate", help="check the config and reach every endpoint")
+    validate.add_argument("-c", "--config", type=Path, required=True)
+    validate.add_argument("--offline", action="store_true", help="only check the file")
+    validate.set_defaults(handler=cmd_validate)
+    schema_cmd = commands.add_parser("schema", help="create, update or show the Cassandra schema")
+    schema_cmd.add_argument("schema_action", choices=("create", "update", "show"))
+    _cassandra_options(schema_cmd)
+    schema_cmd.set_defaults(handler=cmd_schema)
+    query = commands.add_parser("query", help="read a VM's stored series")
+    query.add_argument("--vm", required=True, help="urn:vcloud:vm:<uuid>")
+    query.add_argument("--metric", required=True, action="append",
+                       help="metric name; repeat for more")
+    query.add_argument("--since", default="1h")
+    query.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    _cassandra_options(query)
+    query.set_defaults(handler=cmd_query)
+    sizing = commands.add_parser("sizing", help="disk and write rate for an installation")
+    sizing.add_argument("--vms", type=int, required=True)
+    sizing.add_argument("--metrics", type=int, default=10)
+    sizing.add_argument("--ttl", type=int, default=14, help="retention in days")
+    sizing.add_argument("--rf", type=int, default=3)
+    sizing.set_defaults(handler=cmd_sizing)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    logging.getLogger("cassandra").setLevel(logging.ERROR)
+    try:
+        return int(args.handler(args))
+    except StatsfeederError as exc:
+        print(f"statsfeeder: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,153 @@
+"""The native Cassandra schema: CQL that runs unchanged on 3.11, 4.1 and 5.0, an idempotent
+create, an in-place update (TTL, replication), and the start-up check.
+
+See docs/schema.md for the design and the CQL that reads a VM's series.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from statsfeeder.config import CassandraConfig
+from statsfeeder.errors import SchemaMismatch
+
+SCHEMA_VERSION = 1
+
+EXPECTED_COLUMNS: dict[str, dict[str, str]] = {
+    "samples": {"vm_id": "text", "day": "int", "metric": "text", "instance": "text",
+                "window_start": "timestamp", "data": "blob"},
+    "metrics": {"metric": "text", "unit": "text", "scale": "double"},
+    "entities": {"vm_id": "text", "name": "text", "vapp": "text", "vdc": "text", "org": "text",
+                 "vcenter": "text", "moref": "text", "updated": "timestamp"},
+    "watermarks": {"vcenter": "text", "moref": "text", "last_sample": "timestamp"},
+    "leases": {"name": "text", "owner": "text", "acquired": "timestamp"},
+    "schema_info": {"key": "text", "version": "int"},
+}
+
+
+def keyspace_cql(config: CassandraConfig) -> str:
+    return (f"CREATE KEYSPACE IF NOT EXISTS {config.keyspace} "
+            f"WITH replication = {config.replication.cql()} AND durable_writes = true")
+
+
+def tables_cql(config: CassandraConfig) -> list[str]:
+    ks, ttl = config.keyspace, config.ttl_days * 86400
+    return [
+        # One row per (VM, metric, instance, 5-minute window); a partition is one VM-day.
+        f"""CREATE TABLE IF NOT EXISTS {ks}.samples (
+            vm_id text, day int, metric text, instance text, window_start timestamp,
+            data blob,
+            PRIMARY KEY ((vm_id, day), metric, window_start, instance)
+        ) WITH compaction = {{'class': 'TimeWindowCompactionStrategy',
+                              'compaction_window_unit': 'DAYS', 'compaction_window_size': 1}}
+          AND compression = {{'class': 'LZ4Compressor', 'chunk_length_in_kb': 16}}
+          AND default_time_to_live = {ttl}
+          AND gc_grace_seconds = 10800""",
+        f"""CREATE TABLE IF NOT EXISTS {ks}.metrics (
+            metric text PRIMARY KEY, unit text, scale double)""",
+        f"""CREATE TABLE IF NOT EXISTS {ks}.entities (
+            vm_id text PRIMARY KEY, name text, vapp text, vdc text, org text, vcenter text,
+            moref text, updated timestamp)""",
+        f"""CREATE TABLE IF NOT EXISTS {ks}.watermarks (
+            vcenter text, moref text, last_sample timestamp,
+            PRIMARY KEY (vcenter, moref))""",
+        f"""CREATE TABLE IF NOT EXISTS {ks}.leases (
+            name text PRIMARY KEY, owner text, acquired timestamp)""",
+        f"""CREATE TABLE IF NOT EXISTS {ks}.schema_info (key text PRIMARY KEY, version int)""",
+    ]
+
+
+@dataclass(frozen=True)
+class SchemaState:
+    exists: bool
+    replication: dict[str, str]
+    ttl_seconds: int | None
+    version: int | None
+    problems: tuple[str, ...]
+
+    def describe(self) -> str:
+        if not self.exists:
+            return "keyspace absent"
+        ttl = "?" if self.ttl_seconds is None else f"{self.ttl_seconds // 86400} days"
+        lines = [f"replication: {self.replication}", f"samples TTL: {ttl}",
+                 f"schema version: {self.version}"]
+        lines += [f"problem: {p}" for p in self.problems]
+        return "\n".join(lines)
+
+
+def inspect(session: Any, keyspace: str) -> SchemaState:
+    rows = list(session.execute(
+        "SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = %s", (keyspace,)))
+    if not rows:
+        return SchemaState(False, {}, None, None, ())
+    replication = dict(rows[0].replication)
+    problems: list[str] = []
+    columns: dict[str, dict[str, str]] = {}
+    for row in session.execute(
+            "SELECT table_name, column_name, type FROM system_schema.columns "
+            "WHERE keyspace_name = %s", (keyspace,)):
+        columns.setdefault(row.table_name, {})[row.column_name] = row.type
+    for table, expected in EXPECTED_COLUMNS.items():
+        actual = columns.get(table)
+        if actual is None:
+            problems.append(f"table {keyspace}.{table} is missing")
+            continue
+        for column, kind in expected.items():
+            if actual.get(column) != kind:
+                problems.append(f"{keyspace}.{table}.{column} is {actual.get(column) or 'missing'}"
+                                f", expected {kind}")
+    ttl = None
+    table_rows = list(session.execute(
+        "SELECT default_time_to_live FROM system_schema.tables WHERE keyspace_name = %s "
+        "AND table_name = 'samples'", (keyspace,)))
+    if table_rows:
+        ttl = int(table_rows[0].default_time_to_live)
+    version = None
+    if "schema_info" in columns:
+        info = list(session.execute(f"SELECT version FROM {keyspace}.schema_info "
+                                    "WHERE key = 'statsfeeder'"))
+        version = int(info[0].version) if info else None
+        if version is not None and version != SCHEMA_VERSION:
+            problems.append(f"schema version {version}, this statsfeeder writes {SCHEMA_VERSION}")
+    return SchemaState(True, replication, ttl, version, tuple(problems))
+
+
+def create(session: Any, config: CassandraConfig) -> SchemaState:
+    """Create what is missing; an existing schema that differs is reported, not clobbered."""
+    before = inspect(session, config.keyspace)
+    if before.exists and before.problems and any("missing" not in p for p in before.problems):
+        raise SchemaMismatch(f"schema: keyspace {config.keyspace} exists but differs: "
+                             f"{before.problems[0]}")
+    session.execute(keyspace_cql(config))
+    for statement in tables_cql(config):
+        session.execute(statement)
+    session.execute(f"INSERT INTO {config.keyspace}.schema_info (key, version) "
+                    f"VALUES ('statsfeeder', {SCHEMA_VERSION})")
+    return inspect(session, config.keyspace)
+
+
+def update(session: Any, config: CassandraConfig) -> SchemaState:
+    """Apply TTL and replication in place (new rows get the new TTL; existing keep theirs)."""
+    state = inspect(session, config.keyspace)
+    if not state.exists:
+        raise SchemaMismatch(f"schema: keyspace {config.keyspace} does not exist; "
+                             "run 'statsfeeder schema create' first")
+    if state.problems:
+        raise SchemaMismatch(f"schema: {state.problems[0]}")
+    session.execute(f"ALTER KEYSPACE {config.keyspace} WITH replication = "
+                    f"{config.replication.cql()}")
+    session.execute(f"ALTER TABLE {config.keyspace}.samples "
+                    f"WITH default_time_to_live = {config.ttl_days * 86400}")
+    return inspect(session, config.keyspace)
+
+
+def check(session: Any, keyspace: str) -> SchemaState:
+    """Start-up check: stop with one clear line if the schema is not the expected one."""
+    state = inspect(session, keyspace)
+    if not state.exists:
+        raise SchemaMismatch(f"schema: keyspace {keyspace} does not exist; "
+                             "run 'statsfeeder schema create'")
+    if state.problems:
+        raise SchemaMismatch(f"schema: {state.problems[0]}")
+    return state

@@ -1,0 +1,95 @@
+"""Cassandra connections: TLS (PEM files, CA and hostname verified), password auth,
+token-aware and DC-aware load balancing. Every failure becomes one clear line."""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+from cassandra import AuthenticationFailed, ConsistencyLevel, OperationTimedOut
+from cassandra.auth import PlainTextAuthProvider
+from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable
+from cassandra.policies import (
+    DCAwareRoundRobinPolicy,
+    ExponentialReconnectionPolicy,
+    TokenAwarePolicy,
+)
+
+from statsfeeder.config import CassandraConfig
+from statsfeeder.errors import SinkUnavailable
+
+
+def ssl_context(config: CassandraConfig) -> ssl.SSLContext | None:
+    tls = config.tls
+    if not tls.enabled:
+        return None
+    context = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.check_hostname = tls.check_hostname
+    if tls.client_cert_file:
+        context.load_cert_chain(str(tls.client_cert_file),
+                                str(tls.client_key_file) if tls.client_key_file else None)
+    return context
+
+
+def connect(config: CassandraConfig, keyspace: str | None = None) -> tuple[Cluster, Any]:
+    context = ssl_context(config)
+    auth = None
+    if config.credentials is not None:
+        auth = PlainTextAuthProvider(config.credentials.username, config.credentials.secret())
+    profile = ExecutionProfile(
+        load_balancing_policy=TokenAwarePolicy(
+            DCAwareRoundRobinPolicy(local_dc=config.local_datacenter)),
+        consistency_level=getattr(ConsistencyLevel, config.consistency),
+        request_timeout=config.request_timeout_seconds,
+    )
+    cluster = Cluster(
+        contact_points=config.hosts, port=config.port, auth_provider=auth,
+        ssl_context=context,
+        ssl_options={"server_hostname": config.hosts[0]} if context else None,
+        protocol_version=4, execution_profiles={EXEC_PROFILE_DEFAULT: profile},
+        connect_timeout=config.connect_timeout_seconds, control_connection_timeout=
+        config.connect_timeout_seconds, reconnection_policy=ExponentialReconnectionPolicy(1, 60),
+    )
+    try:
+        session = cluster.connect(keyspace)
+    except NoHostAvailable as exc:
+        cluster.shutdown()
+        raise SinkUnavailable(f"cassandra: {_explain(exc, config)}") from None
+    except (OperationTimedOut, OSError) as exc:
+        cluster.shutdown()
+        raise SinkUnavailable(f"cassandra: cannot reach {_where(config)}: {exc}") from None
+    except Exception as exc:
+        cluster.shutdown()
+        if "does not exist" in str(exc) or "Keyspace" in str(exc):
+            raise SinkUnavailable(f"cassandra: keyspace {keyspace} does not exist; "
+                                  "run 'statsfeeder schema create'") from None
+        raise
+    return cluster, session
+
+
+def _where(config: CassandraConfig) -> str:
+    return ",".join(f"{host}:{config.port}" for host in config.hosts)
+
+
+def _explain(exc: NoHostAvailable, config: CassandraConfig) -> str:
+    errors = list(getattr(exc, "errors", {}).values())
+    for error in errors:
+        if isinstance(error, AuthenticationFailed):
+            user = config.credentials.username if config.credentials else "(none)"
+            return f"authentication failed for user {user!r} at {_where(config)}"
+    text = " ".join(str(e) for e in errors)
+    lowered = text.lower()
+    if "certificate verify failed" in lowered or "certificate_verify_failed" in lowered:
+        hint = "hostname mismatch" if "hostname" in lowered or "ip address" in lowered \
+            else "server certificate not trusted by tls.ca_file"
+        return f"TLS verification failed at {_where(config)}: {hint}"
+    if "authentication" in lowered or "authenticator" in lowered:
+        return f"the server at {_where(config)} requires credentials (set cassandra.credentials)"
+    if "connection refused" in lowered:
+        return f"connection refused at {_where(config)}"
+    if config.tls.enabled and ("ssl" in lowered or "eof" in lowered or "wrong version" in lowered):
+        return f"TLS handshake failed at {_where(config)}: {text[:160]}"
+    if not config.tls.enabled and errors:
+        return f"no answer from {_where(config)} (does the node require TLS?): {text[:120]}"
+    return f"no node reachable at {_where(config)}: {text[:200] or exc}"

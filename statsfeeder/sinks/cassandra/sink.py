@@ -1,0 +1,84 @@
+"""The Cassandra sink: connects, checks the schema, records metric units, writes chunks, and
+keeps the per-VM watermarks (the last sample every sink acknowledged) in the same keyspace."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from cassandra.query import BatchStatement, BatchType
+
+from statsfeeder.config import CassandraConfig
+from statsfeeder.model import Counter, Series
+from statsfeeder.sinks.cassandra import schema
+from statsfeeder.sinks.cassandra.session import connect
+from statsfeeder.sinks.cassandra.writer import CassandraWriter, WriteResult, _wait
+
+WATERMARK_ROWS_PER_BATCH = 100
+
+
+class CassandraSink:
+    name = "cassandra"
+
+    def __init__(self, config: CassandraConfig) -> None:
+        self.config = config
+        self._cluster: Any = None
+        self._session: Any = None
+        self._writer: CassandraWriter | None = None
+
+    def open(self) -> None:
+        """Blocking: connect and verify the schema (call from a worker thread)."""
+        self._cluster, self._session = connect(self.config)
+        schema.check(self._session, self.config.keyspace)
+        ks = self.config.keyspace
+        self._session.set_keyspace(ks)
+        self._writer = CassandraWriter(self._session, self.config)
+        self._watermark_insert = self._session.prepare(
+            f"INSERT INTO {ks}.watermarks (vcenter, moref, last_sample) VALUES (?, ?, ?)")
+
+    @property
+    def session(self) -> Any:
+        return self._session
+
+    @property
+    def in_flight(self) -> int:
+        return self._writer.in_flight if self._writer else 0
+
+    def record_counters(self, counters: Iterable[Counter]) -> None:
+        statement = self._session.prepare(
+            f"INSERT INTO {self.config.keyspace}.metrics (metric, unit, scale) VALUES (?, ?, ?)")
+        for counter in counters:
+            self._session.execute(statement, (counter.name, counter.unit, counter.scale))
+
+    async def write(self, series: list[Series]) -> WriteResult:
+        assert self._writer is not None, "open() first"
+        return await self._writer.write(series)
+
+    def load_watermarks(self, vcenter: str) -> dict[str, int]:
+        rows = self._session.execute(
+            f"SELECT moref, last_sample FROM {self.config.keyspace}.watermarks "
+            "WHERE vcenter = %s", (vcenter,))
+        return {row.moref: int(row.last_sample.timestamp()) if row.last_sample.tzinfo
+                else _naive_epoch(row.last_sample) for row in rows}
+
+    async def save_watermarks(self, vcenter: str, marks: Mapping[str, int]) -> None:
+        items = list(marks.items())
+        futures = []
+        for begin in range(0, len(items), WATERMARK_ROWS_PER_BATCH):
+            batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+            for moref, epoch in items[begin:begin + WATERMARK_ROWS_PER_BATCH]:
+                batch.add(self._watermark_insert, (vcenter, moref, epoch * 1000))
+            futures.append(_wait(self._session.execute_async(batch)))
+        await asyncio.gather(*futures)
+
+    def close(self) -> None:
+        if self._cluster is not None:
+            self._cluster.shutdown()
+            self._cluster = None
+
+
+def _naive_epoch(moment: Any) -> int:
+    import calendar
+
+    return calendar.timegm(moment.utctimetuple())

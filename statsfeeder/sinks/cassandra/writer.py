@@ -1,0 +1,130 @@
+"""Asynchronous writes of sample windows: prepared statements, unlogged batches only within one
+partition, bounded in-flight requests (callers wait: that is the backpressure), and retries
+with backoff on timeouts and unavailable replicas. ``write`` returns only when Cassandra has
+acknowledged every row, so the pipeline can advance its watermarks."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from cassandra import OperationTimedOut, ReadTimeout, Unavailable, WriteTimeout
+from cassandra.cluster import NoHostAvailable
+from cassandra.query import BatchStatement, BatchType
+
+from statsfeeder.config import CassandraConfig
+from statsfeeder.errors import BatchRejected, SinkUnavailable
+from statsfeeder.model import Series
+from statsfeeder.sinks.cassandra.encoder import encode_window, windows
+
+log = logging.getLogger(__name__)
+
+ROWS_PER_BATCH = 32
+"""Keeps a batch well under Cassandra's batch_size_warn_threshold (5 KiB) for packed rows."""
+
+RETRIABLE = (OperationTimedOut, WriteTimeout, ReadTimeout, Unavailable, NoHostAvailable)
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    rows: int
+    samples: int
+    requests: int
+
+
+def vm_key(series: Series) -> str:
+    if series.entity is None:
+        raise ValueError(f"series of {series.vcenter}/{series.moref} has no entity id")
+    return series.entity.vm
+
+
+class CassandraWriter:
+    def __init__(self, session: Any, config: CassandraConfig) -> None:
+        self._session = session
+        self._config = config
+        self._ttl = config.ttl_days * 86400
+        self._insert = session.prepare(
+            f"INSERT INTO {config.keyspace}.samples "
+            "(vm_id, day, metric, instance, window_start, data) VALUES (?, ?, ?, ?, ?, ?) "
+            "USING TTL ?")
+        self._slots = asyncio.Semaphore(config.max_in_flight)
+        self.in_flight = 0
+
+    def rows(self, series: Iterable[Series]) -> dict[tuple[str, int], list[tuple[Any, ...]]]:
+        """Encode series into rows grouped by partition (VM, day)."""
+        partitions: dict[tuple[str, int], list[tuple[Any, ...]]] = defaultdict(list)
+        ttl = self._ttl
+        for item in series:
+            vm = vm_key(item)
+            metric, instance = item.counter.name, item.instance
+            for start, stamps, values in windows(item):
+                day = start // 86400
+                partitions[(vm, day)].append(
+                    (vm, day, metric, instance, start * 1000,
+                     encode_window(start, stamps, values), ttl))
+        return partitions
+
+    async def write(self, series: list[Series]) -> WriteResult:
+        partitions = self.rows(series)
+        statements: list[Any] = []
+        row_count = 0
+        for rows in partitions.values():
+            row_count += len(rows)
+            for begin in range(0, len(rows), ROWS_PER_BATCH):
+                part = rows[begin:begin + ROWS_PER_BATCH]
+                if len(part) == 1:
+                    statements.append(self._insert.bind(part[0]))
+                    continue
+                batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+                for row in part:
+                    batch.add(self._insert, row)
+                statements.append(batch)
+        await asyncio.gather(*(self._execute(statement) for statement in statements))
+        return WriteResult(row_count, sum(len(s) for s in series), len(statements))
+
+    async def _execute(self, statement: Any) -> None:
+        async with self._slots:
+            self.in_flight += 1
+            try:
+                await self._execute_with_retries(statement)
+            finally:
+                self.in_flight -= 1
+
+    async def _execute_with_retries(self, statement: Any) -> None:
+        delay = 0.2
+        for attempt in range(self._config.write_retries + 1):
+            try:
+                await _wait(self._session.execute_async(statement))
+                return
+            except RETRIABLE as exc:
+                if attempt == self._config.write_retries:
+                    raise SinkUnavailable(f"cassandra: write failed after {attempt + 1} "
+                                          f"attempts: {exc.__class__.__name__}: {exc}") from None
+                log.debug("cassandra: retrying a write after %s", exc.__class__.__name__)
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 10.0)
+            except Exception as exc:  # a server-side refusal of this data
+                raise BatchRejected(f"cassandra: write refused: {exc}") from None
+
+
+def _wait(response_future: Any) -> asyncio.Future[Any]:
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+
+    def done(result: Any) -> None:
+        if not future.done():
+            future.set_result(result)
+
+    def failed(exc: BaseException) -> None:
+        if not future.done():
+            future.set_exception(exc)
+
+    response_future.add_callbacks(
+        lambda result: loop.call_soon_threadsafe(done, result),
+        lambda exc: loop.call_soon_threadsafe(failed, exc))
+    return future

@@ -1,0 +1,93 @@
+"""QueryPerf request bodies and the chunk plan: which VMs go in one call, from when to when.
+
+Each VM's window starts at its watermark less the overlap, rounded down to a storage window
+boundary (so every stored 5-minute window is rewritten whole, never partially), and never
+before vCenter's realtime retention.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from xml.sax.saxutils import escape
+
+from statsfeeder.model import REALTIME_INTERVAL, Counter
+
+STORAGE_WINDOW = 300
+"""Seconds of samples the storage packs together; a query never starts inside one."""
+
+
+@dataclass(frozen=True, slots=True)
+class VmWindow:
+    moref: str
+    start: int
+    """Exclusive start (epoch seconds): samples stamped after it are wanted."""
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    vms: tuple[VmWindow, ...]
+    end: int
+
+    def expected_samples(self, counters: int) -> int:
+        return sum(max(0, (self.end - vm.start) // REALTIME_INTERVAL) for vm in self.vms) \
+            * counters
+
+    def halves(self) -> tuple[Chunk, Chunk]:
+        middle = len(self.vms) // 2
+        return Chunk(self.vms[:middle], self.end), Chunk(self.vms[middle:], self.end)
+
+
+def window_start(now: int, watermark: int | None, *, overlap: int, initial: int,
+                 max_lookback: int) -> int:
+    oldest = -(-(now - max_lookback) // STORAGE_WINDOW) * STORAGE_WINDOW
+    wanted = now - initial if watermark is None else watermark - overlap
+    start = wanted - wanted % STORAGE_WINDOW
+    return max(start, oldest)
+
+
+def metric_weight(counter: Counter) -> int:
+    """Budget units one counter costs per VM: instance ``*`` multiplies the answer's size."""
+    return 4 if counter.per_instance else 1
+
+
+def plan_chunks(morefs: Sequence[str], watermarks: Mapping[str, int], now: int,
+                counters: Sequence[Counter], *, budget: int, overlap: int, initial: int,
+                max_lookback: int) -> Iterator[Chunk]:
+    per_vm = max(1, sum(metric_weight(c) for c in counters))
+    vms_per_chunk = max(1, budget // per_vm)
+    batch: list[VmWindow] = []
+    for moref in morefs:
+        start = window_start(now, watermarks.get(moref), overlap=overlap, initial=initial,
+                             max_lookback=max_lookback)
+        if start >= now:
+            continue
+        batch.append(VmWindow(moref, start))
+        if len(batch) == vms_per_chunk:
+            yield Chunk(tuple(batch), now)
+            batch = []
+    if batch:
+        yield Chunk(tuple(batch), now)
+
+
+def _iso(epoch: int) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def query_perf_body(perf_manager: str, chunk: Chunk, counters: Sequence[Counter],
+                    fmt: str) -> str:
+    metric_ids = "".join(
+        f"<metricId><counterId>{c.key}</counterId>"
+        f"<instance>{'*' if c.per_instance else ''}</instance></metricId>"
+        for c in counters
+    )
+    end = _iso(chunk.end)
+    specs = "".join(
+        f'<querySpec><entity type="VirtualMachine">{escape(vm.moref)}</entity>'
+        f"<startTime>{_iso(vm.start)}</startTime><endTime>{end}</endTime>{metric_ids}"
+        f"<intervalId>{REALTIME_INTERVAL}</intervalId><format>{fmt}</format></querySpec>"
+        for vm in chunk.vms
+    )
+    return (f'<QueryPerf xmlns="urn:vim25"><_this type="PerformanceManager">'
+            f"{escape(perf_manager)}</_this>{specs}</QueryPerf>")

@@ -1,0 +1,92 @@
+"""Every self-metric statsfeeder exports, defined once, on a registry passed in (tests get a
+fresh one), plus the HTTP endpoint serving /metrics, /healthz and /readyz."""
+
+from __future__ import annotations
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+CYCLE_BUCKETS = (1, 2.5, 5, 10, 20, 30, 60, 120, 180, 240, 300, 600)
+WRITE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class Telemetry:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.cycle_duration = Histogram(
+            "statsfeeder_cycle_duration_seconds", "Wall time of one collection cycle.",
+            ["vcenter"], buckets=CYCLE_BUCKETS, registry=r)
+        self.cycle_last_success = Gauge(
+            "statsfeeder_cycle_last_success_timestamp_seconds",
+            "When the last cycle that stored every chunk ended.", ["vcenter"], registry=r)
+        self.cycle_overruns = Counter(
+            "statsfeeder_cycle_overruns_total", "Cycles that were still running when the next "
+            "one was due (that one is skipped; watermarks catch up).", ["vcenter"], registry=r)
+        self.samples_expected = Counter(
+            "statsfeeder_samples_expected_total", "Samples the queried windows should hold.",
+            ["vcenter"], registry=r)
+        self.samples_collected = Counter(
+            "statsfeeder_samples_collected_total", "Samples parsed from vCenter answers.",
+            ["vcenter"], registry=r)
+        self.samples_dropped = Counter(
+            "statsfeeder_samples_dropped_total", "Samples or series not stored, by reason.",
+            ["vcenter", "reason"], registry=r)
+        self.samples_written = Counter(
+            "statsfeeder_samples_written_total", "Samples acknowledged by a sink.",
+            ["sink"], registry=r)
+        self.write_duration = Histogram(
+            "statsfeeder_sink_write_duration_seconds", "Time for a sink to acknowledge a chunk.",
+            ["sink"], buckets=WRITE_BUCKETS, registry=r)
+        self.sink_errors = Counter(
+            "statsfeeder_sink_errors_total", "Chunks a sink failed to store.",
+            ["sink", "kind"], registry=r)
+        self.sink_in_flight = Gauge(
+            "statsfeeder_sink_in_flight_requests", "Requests awaiting a sink's answer.",
+            ["sink"], registry=r)
+        self.vcenter_errors = Counter(
+            "statsfeeder_vcenter_errors_total", "Failed vCenter calls, by kind.",
+            ["vcenter", "kind"], registry=r)
+        self.vcenter_logins = Counter(
+            "statsfeeder_vcenter_logins_total", "Logins, including re-logins after expiry.",
+            ["vcenter"], registry=r)
+        self.vms = Gauge(
+            "statsfeeder_vms", "VMs in the inventory, by power state.",
+            ["vcenter", "state"], registry=r)
+        self.watermark_lag = Gauge(
+            "statsfeeder_watermark_lag_seconds", "vCenter time minus the oldest VM watermark: "
+            "past about 3600 s samples are lost for good.", ["vcenter"], registry=r)
+        self.up = Gauge("statsfeeder_up", "1 while the service runs.", registry=r)
+
+    def serve(self, listen: str, ready: threading.Event | None = None) -> ThreadingHTTPServer:
+        host, _, port = listen.rpartition(":")
+        registry = self.registry
+        ready_flag = ready or threading.Event()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path.startswith("/metrics"):
+                    body, kind, code = generate_latest(registry), CONTENT_TYPE_LATEST, 200
+                elif self.path == "/healthz":
+                    body, kind, code = b"ok\n", "text/plain", 200
+                elif self.path == "/readyz":
+                    code = 200 if ready_flag.is_set() else 503
+                    body, kind = (b"ready\n" if code == 200 else b"starting\n"), "text/plain"
+                else:
+                    body, kind, code = b"not found\n", "text/plain", 404
+                self.send_response(code)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+        server = ThreadingHTTPServer((host or "0.0.0.0", int(port)), Handler)
+        threading.Thread(target=server.serve_forever, name="telemetry", daemon=True).start()
+        return server
