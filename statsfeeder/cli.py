@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from statsfeeder.config import CassandraConfig, Config, Credentials, load_config
-from statsfeeder.errors import StatsfeederError
+from statsfeeder.config import CassandraConfig, Config, load_config, parse_cassandra
+from statsfeeder.errors import ConfigError, StatsfeederError
 
 log = logging.getLogger("statsfeeder")
 
@@ -47,31 +47,29 @@ def _cassandra_options(parser: argparse.ArgumentParser) -> None:
 
 
 def cassandra_config(args: argparse.Namespace) -> CassandraConfig:
-    """Merge the config file's cassandra section with command-line options."""
+    """The config file's cassandra section (if given), overridden by command-line options."""
     base: dict[str, Any] = {}
     if args.config:
-        base = load_config(args.config).cassandra.model_dump(exclude_none=True)
-        if base.get("credentials"):
-            base["credentials"]["password"] = load_config(args.config).cassandra \
-                .credentials.secret()  # type: ignore[union-attr]
+        loaded = load_config(args.config).cassandra
+        base = loaded.model_dump(exclude_none=True, exclude={"credentials"})
+        if loaded.credentials is not None:
+            base["credentials"] = {"username": loaded.credentials.username,
+                                   "password": loaded.credentials.secret()}
     if args.cluster_nodes:
         base["hosts"] = [h.strip() for h in args.cluster_nodes.split(",") if h.strip()]
     for key, value in (("port", args.port), ("ttl_days", args.ttl), ("keyspace", args.keyspace)):
         if value is not None:
             base[key] = value
-    username = args.username or os.environ.get("CASSANDRA_USERNAME")
+    username = args.username or (None if args.config else os.environ.get("CASSANDRA_USERNAME"))
     if username:
         credentials: dict[str, Any] = {"username": username}
         if args.password_file:
             credentials["password_file"] = args.password_file
         elif args.password is not None:
             credentials["password"] = args.password
-        elif os.environ.get("CASSANDRA_PASSWORD") is not None:
+        else:
             credentials["password_env"] = "CASSANDRA_PASSWORD"
-        base["credentials"] = Credentials.model_validate(credentials).model_dump()
-        base["credentials"]["password"] = Credentials.model_validate(credentials).secret()
-        base["credentials"].pop("password_file", None)
-        base["credentials"].pop("password_env", None)
+        base["credentials"] = credentials
     tls = dict(base.get("tls", {}))
     if args.no_ssl:
         tls["enabled"] = False
@@ -80,19 +78,16 @@ def cassandra_config(args: argparse.Namespace) -> CassandraConfig:
         if value is not None:
             tls[key] = value
     base["tls"] = tls
-    if args.replication_factor or args.datacenters:
-        if args.datacenters:
-            dcs = dict(item.split(":") for item in args.datacenters.split(","))
-            base["replication"] = {"strategy": "NetworkTopologyStrategy",
-                                   "datacenters": {k: int(v) for k, v in dcs.items()}}
-        else:
-            base["replication"] = {"replication_factor": args.replication_factor}
-    from statsfeeder.config import parse_config
-
-    wrapped = parse_config({"vcenters": [{"name": "x", "url": "https://x",
-                                          "credentials": {"username": "x", "password": "x"}}],
-                            "cassandra": base}, environ={})
-    return wrapped.cassandra
+    if args.datacenters:
+        try:
+            dcs = {dc: int(rf) for dc, rf in (item.split(":") for item in
+                                               args.datacenters.split(","))}
+        except ValueError:
+            raise ConfigError(f"--datacenters {args.datacenters!r}: use dc1:3,dc2:3") from None
+        base["replication"] = {"strategy": "NetworkTopologyStrategy", "datacenters": dcs}
+    elif args.replication_factor:
+        base["replication"] = {"replication_factor": args.replication_factor}
+    return parse_cassandra(base)
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
@@ -121,7 +116,7 @@ def _parse_since(text: str) -> int:
     try:
         return int(float(text[:-1]) * units[text[-1]]) if text[-1] in units else int(text)
     except (ValueError, IndexError):
-        raise StatsfeederError(f"query: --since {text!r}: use e.g. 90s, 15m, 1h, 2d") from None
+        raise ConfigError(f"query: --since {text!r}: use e.g. 90s, 15m, 1h, 2d") from None
 
 
 def cmd_query(args: argparse.Namespace) -> int:
@@ -297,6 +292,21 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return status
 
 
+def cmd_entities(args: argparse.Namespace) -> int:
+    from statsfeeder.sinks.cassandra.sink import CassandraSink
+
+    sink = CassandraSink(cassandra_config(args))
+    sink.open()
+    try:
+        rows = sink.list_entities()
+    finally:
+        sink.close()
+    for row in sorted(rows, key=lambda r: (r.vcenter or "", r.name or "")):
+        print(f"{row.vm_id}\t{row.name}\t{row.org or '-'}\t{row.vdc or '-'}\t"
+              f"{row.vcenter}/{row.moref}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="statsfeeder", description=__doc__)
     top.add_argument("-v", "--verbose", action="store_true")
@@ -322,6 +332,9 @@ def parser() -> argparse.ArgumentParser:
     query.add_argument("--format", choices=("table", "csv", "json"), default="table")
     _cassandra_options(query)
     query.set_defaults(handler=cmd_query)
+    entities = commands.add_parser("entities", help="list the VMs that have stored samples")
+    _cassandra_options(entities)
+    entities.set_defaults(handler=cmd_entities)
     sizing = commands.add_parser("sizing", help="disk and write rate for an installation")
     sizing.add_argument("--vms", type=int, required=True)
     sizing.add_argument("--metrics", type=int, default=10)

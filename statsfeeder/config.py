@@ -125,9 +125,9 @@ class VCenterConfig(Strict):
 
 class CollectionConfig(Strict):
     interval_seconds: Annotated[int, Field(ge=20, le=3600)] = 300
-    overlap_seconds: Annotated[int, Field(ge=0, le=3000)] = 300
+    overlap_seconds: Annotated[int, Field(ge=0, le=3000)] = 60
     """Re-ask this much before each VM's watermark: vCenter posts samples late under load."""
-    max_lookback_seconds: Annotated[int, Field(ge=60, le=3600)] = 3600
+    max_lookback_seconds: Annotated[int, Field(ge=60, le=3600)] = 3300
     """Never ask further back than vCenter's realtime retention."""
     inventory_refresh_seconds: Annotated[int, Field(ge=30)] = 900
     format: Literal["csv", "normal"] = "csv"
@@ -247,9 +247,10 @@ def _apply_env(raw: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
     return raw
 
 
-def _one_line(exc: ValidationError) -> str:
+def _one_line(exc: ValidationError, prefix: str = "") -> str:
     error = exc.errors()[0]
-    where = ".".join(str(p) for p in error["loc"]) or "(top level)"
+    where = ".".join([prefix, *(str(p) for p in error["loc"])] if prefix else
+                     [str(p) for p in error["loc"]]) or "(top level)"
     message = error["msg"].removeprefix("Value error, ")
     got = error.get("input")
     if error["type"] == "extra_forbidden":
@@ -287,3 +288,13 @@ def load_config(path: Path, environ: dict[str, str] | None = None) -> Config:
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ConfigError(f"config: {path}{where}: {problem}") from None
     return parse_config(raw, environ)
+
+
+def parse_cassandra(raw: dict[str, Any], environ: dict[str, str] | None = None
+                    ) -> CassandraConfig:
+    """The cassandra section alone (the schema, query and entities commands)."""
+    try:
+        return CassandraConfig.model_validate(
+            raw, context={"environ": dict(os.environ if environ is None else environ)})
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc, "cassandra")) from None

@@ -5,13 +5,14 @@ so the next cycle asks vCenter for the same samples again (within its one-hour r
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from statsfeeder.errors import SinkError
-from statsfeeder.model import Series
+from statsfeeder.model import EntityId, Series
 from statsfeeder.sinks.cassandra.sink import CassandraSink
 from statsfeeder.sources.vcenter.source import CollectedChunk, VCenterSource
 from statsfeeder.telemetry import Telemetry
@@ -64,6 +65,7 @@ class Pipeline:
         self.retagger = retagger
         self.telemetry = telemetry
         self.watermarks: dict[str, int] = {}
+        self._entities_saved: dict[str, EntityId] = {}
 
     def load_watermarks(self) -> None:
         self.watermarks = self.sink.load_watermarks(self.source.name)
@@ -103,6 +105,7 @@ class Pipeline:
         report.collected += batch.samples
         t.samples_collected.labels(name).inc(batch.samples)
         self.retagger.apply(batch, self.source.vms)
+        await self._save_new_entities(batch.series)
         for reason, count in batch.dropped.items():
             report.dropped[reason] = report.dropped.get(reason, 0) + count
             t.samples_dropped.labels(name, reason).inc(count)
@@ -121,6 +124,17 @@ class Pipeline:
         advanced = self._advance(watermark_candidates(batch.series))
         if advanced:
             await self.sink.save_watermarks(name, advanced)
+
+    async def _save_new_entities(self, series: list[Series]) -> None:
+        fresh = {}
+        for item in series:
+            if item.entity is not None and self._entities_saved.get(item.moref) != item.entity:
+                fresh[item.moref] = item.entity
+        if fresh:
+            vms = self.source.vms
+            await self.sink.save_entities(
+                dataclasses.replace(vms[moref], entity=entity) for moref, entity in fresh.items())
+            self._entities_saved.update(fresh)
 
     def _advance(self, candidates: Mapping[str, int]) -> dict[str, int]:
         advanced = {}

@@ -10,7 +10,7 @@ from typing import Any
 from cassandra.query import BatchStatement, BatchType
 
 from statsfeeder.config import CassandraConfig
-from statsfeeder.model import Counter, Series
+from statsfeeder.model import Counter, Series, VirtualMachine
 from statsfeeder.sinks.cassandra import schema
 from statsfeeder.sinks.cassandra.session import connect
 from statsfeeder.sinks.cassandra.writer import CassandraWriter, WriteResult, _wait
@@ -34,6 +34,9 @@ class CassandraSink:
         ks = self.config.keyspace
         self._session.set_keyspace(ks)
         self._writer = CassandraWriter(self._session, self.config)
+        self._entity_insert = self._session.prepare(
+            f"INSERT INTO {ks}.entities (vm_id, name, vapp, vdc, org, vcenter, moref, updated) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, toTimestamp(now()))")
         self._watermark_insert = self._session.prepare(
             f"INSERT INTO {ks}.watermarks (vcenter, moref, last_sample) VALUES (?, ?, ?)")
 
@@ -54,6 +57,24 @@ class CassandraSink:
     async def write(self, series: list[Series]) -> WriteResult:
         assert self._writer is not None, "open() first"
         return await self._writer.write(series)
+
+    async def save_entities(self, vms: Iterable[VirtualMachine]) -> None:
+        """Entity metadata (vCD id → names, vCenter, moref): lists per org or VDC, and keeps
+        one series when a VM changes moref or vCenter."""
+        futures = []
+        for vm in vms:
+            entity = vm.entity
+            if entity is None:
+                continue
+            futures.append(_wait(self._session.execute_async(self._entity_insert, (
+                entity.vm, entity.name or vm.name, entity.vapp, entity.vdc, entity.org,
+                vm.vcenter, vm.moref))))
+        await asyncio.gather(*futures)
+
+    def list_entities(self) -> list[Any]:
+        return list(self._session.execute(
+            f"SELECT vm_id, name, org, vdc, vapp, vcenter, moref FROM {self.config.keyspace}"
+            ".entities"))
 
     def load_watermarks(self, vcenter: str) -> dict[str, int]:
         rows = self._session.execute(

@@ -1,0 +1,140 @@
+"""The Cassandra sink, schema tool and reader against a real node with TLS and passwords."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+
+import numpy as np
+import pytest
+
+from statsfeeder.errors import SchemaMismatch, SinkUnavailable
+from statsfeeder.model import Counter, EntityId, Series
+from statsfeeder.sinks.cassandra import schema
+from statsfeeder.sinks.cassandra.reader import read_series
+from statsfeeder.sinks.cassandra.session import connect
+from statsfeeder.sinks.cassandra.sink import CassandraSink
+from tests.helpers import cassandra_config
+
+pytestmark = pytest.mark.cassandra_matrix
+
+CPU = Counter("cpu.usage.average", 2, "percent")
+NET = Counter("net.received.average", 143, "kiloBytesPerSecond", per_instance=True)
+NOW = 1_795_334_400  # fixed instants keep the test independent of the clock: TTLs are relative
+
+
+def keyspace() -> str:
+    return f"t_{uuid.uuid4().hex[:12]}"
+
+
+def series(vm: str, counter: Counter, stamps: list[int], values: list[int],
+           instance: str = "") -> Series:
+    return Series("vc1", "vm-1", counter, instance, np.array(stamps, dtype=np.int64),
+                  np.array(values, dtype=np.int64), EntityId(vm))
+
+
+def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    options = ["--cluster-nodes", env["CASSANDRA_HOSTS"], "--port", env["CASSANDRA_PORT"],
+               "--username", env["CASSANDRA_USERNAME"], "--ca-file", env["CASSANDRA_CA_FILE"]]
+    return subprocess.run([sys.executable, "-m", "statsfeeder", *args, *options],
+                          env={"CASSANDRA_PASSWORD": env["CASSANDRA_PASSWORD"], "PATH": ""},
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+@pytest.fixture
+def sink(cassandra_env: dict[str, str]):
+    config = cassandra_config(cassandra_env, keyspace=keyspace(), ttl_days=3)
+    cluster, session = connect(config)
+    schema.create(session, config)
+    cluster.shutdown()
+    sink = CassandraSink(config)
+    sink.open()
+    yield sink
+    sink.session.execute(f"DROP KEYSPACE IF EXISTS {config.keyspace}")
+    sink.close()
+
+
+def test_schema_create_twice_show_and_update(cassandra_env: dict[str, str]) -> None:
+    ks = keyspace()
+    first = cli("schema", "create", "--keyspace", ks, "--ttl", "7", env=cassandra_env)
+    assert first.returncode == 0, first.stderr
+    second = cli("schema", "create", "--keyspace", ks, "--ttl", "7", env=cassandra_env)
+    assert second.returncode == 0, second.stderr
+    assert "samples TTL: 7 days" in second.stdout
+    updated = cli("schema", "update", "--keyspace", ks, "--ttl", "31", env=cassandra_env)
+    assert updated.returncode == 0 and "samples TTL: 31 days" in updated.stdout
+    shown = cli("schema", "show", "--keyspace", ks, env=cassandra_env)
+    assert "31 days" in shown.stdout
+    assert cassandra_env["CASSANDRA_PASSWORD"] not in shown.stdout + shown.stderr
+    config = cassandra_config(cassandra_env, keyspace=ks)
+    cluster, session = connect(config)
+    try:
+        session.execute(f"ALTER TABLE {ks}.samples DROP data")
+        with pytest.raises(SchemaMismatch, match="samples.data is missing"):
+            schema.check(session, ks)
+        with pytest.raises(SchemaMismatch, match="differs"):
+            schema.create(session, config)  # never clobbers a foreign schema
+        session.execute(f"DROP KEYSPACE {ks}")
+    finally:
+        cluster.shutdown()
+
+
+async def test_write_read_back_idempotent_with_ttl(sink: CassandraSink) -> None:
+    vm = f"urn:vcloud:vm:{uuid.uuid4()}"
+    stamps = [NOW - 600 + 20 * i for i in range(1, 31)]  # two whole windows
+    cpu = list(range(1000, 1030))
+    net = list(range(0, 300, 10))
+    batch = [series(vm, CPU, stamps, cpu), series(vm, NET, stamps, net, "4000")]
+    result = await sink.write(batch)
+    assert (result.samples, result.rows) == (60, 4)
+    await sink.write(batch)  # an overlapping backfill stores the same samples once
+    sink.record_counters([CPU, NET])
+    [stored_cpu] = read_series(sink.session, sink.config.keyspace, vm, [CPU.name],
+                               NOW - 3600, NOW)
+    assert stored_cpu.timestamps.tolist() == stamps and stored_cpu.values.tolist() == cpu
+    assert stored_cpu.scale == 0.01 and stored_cpu.unit == "percent"
+    [stored_net] = read_series(sink.session, sink.config.keyspace, vm, [NET.name], NOW - 3600,
+                               NOW)
+    assert stored_net.instance == "4000" and stored_net.values.tolist() == net
+    rows = list(sink.session.execute(
+        f"SELECT ttl(data) AS ttl, data FROM {sink.config.keyspace}.samples"))
+    assert len(rows) == 4
+    assert all(3 * 86400 - 120 < row.ttl <= 3 * 86400 for row in rows)
+    assert sum(len(row.data) for row in rows) / 60 < 4
+
+
+async def test_watermarks_round_trip(sink: CassandraSink) -> None:
+    await sink.save_watermarks("vc1", {"vm-1": NOW, "vm-2": NOW - 20})
+    await sink.save_watermarks("vc1", {"vm-1": NOW + 20})
+    assert sink.load_watermarks("vc1") == {"vm-1": NOW + 20, "vm-2": NOW - 20}
+    assert sink.load_watermarks("vc2") == {}
+
+
+def test_refusals_are_one_clear_line(cassandra_env: dict[str, str]) -> None:
+    from peers.common import ensure_certs
+
+    cases = {
+        "authentication failed for user": dict(credentials={"username": "cassandra",
+                                                             "password": "wrong"}),
+        "TLS verification failed": dict(tls={"ca_file": str(ensure_certs()["other_ca"])}),
+        "does the node require TLS": dict(tls={"enabled": False}),
+    }
+    for expected, override in cases.items():
+        config = cassandra_config(cassandra_env, connect_timeout_seconds=5, **override)
+        with pytest.raises(SinkUnavailable) as info:
+            connect(config)
+        message = str(info.value)
+        assert expected in message and "\n" not in message and "wrong" not in message
+    unreachable = cassandra_config(cassandra_env, port=1, connect_timeout_seconds=3)
+    with pytest.raises(SinkUnavailable, match="127.0.0.1:1"):
+        connect(unreachable)
+
+
+def test_cli_refusal_exits_non_zero_with_one_line(cassandra_env: dict[str, str]) -> None:
+    env = dict(cassandra_env, CASSANDRA_PASSWORD="wrong-password")
+    done = cli("schema", "show", env=env)
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "authentication failed" in lines[0]
+    assert "wrong-password" not in done.stderr

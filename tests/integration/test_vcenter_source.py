@@ -1,0 +1,169 @@
+"""The vCenter source against real vcsim processes with TLS on."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from peers import vcsim
+from statsfeeder.errors import VCenterUnavailable
+from statsfeeder.model import REALTIME_INTERVAL
+from statsfeeder.sources.vcenter.source import CollectedChunk, VCenterSource
+from tests.helpers import collection_config, vcenter_config
+
+METRICS = ["cpu.usage.average", "mem.usage.average", "net.received.average"]
+
+
+async def collect_all(source: VCenterSource, watermarks: dict[str, int] | None = None,
+                      ) -> tuple[list[CollectedChunk], int]:
+    now = await source.vcenter_now()
+    chunks = source.plan(watermarks or {}, now)
+    return [c async for c in source.collect(chunks)], now
+
+
+async def started(env: dict[str, str], name: str = "vc1", fmt: str = "csv",
+                  **vc: object) -> VCenterSource:
+    source = VCenterSource(vcenter_config(env, name, **vc),
+                           collection_config(metrics=METRICS, format=fmt))
+    await source.start()
+    return source
+
+
+@pytest.mark.parametrize("fmt", ["csv", "normal"])
+async def test_collects_every_powered_on_vm(vcsim_env: dict[str, str], fmt: str) -> None:
+    source = await started(vcsim_env, fmt=fmt)
+    try:
+        assert [c.name for c in source.counters] == METRICS
+        on = set(source.powered_on())
+        assert on and on <= set(source.vms)
+        results, now = await collect_all(source)
+        assert all(r.error is None for r in results)
+        series = [s for r in results for s in r.batch.series]
+        assert {s.moref for s in series} == on
+        for item in series:
+            assert np.all(np.diff(item.timestamps) == REALTIME_INTERVAL)
+            assert item.timestamps[-1] <= now
+        expected = sum(r.batch.expected_samples for r in results)
+        collected = sum(r.batch.samples for r in results)
+        dropped = sum(sum(r.batch.dropped.values()) for r in results)
+        assert collected > 0 and expected >= collected
+        if fmt == "csv":
+            assert dropped == 0
+    finally:
+        source.client.close()
+
+
+async def test_watermark_limits_the_window(vcsim_env: dict[str, str]) -> None:
+    source = await started(vcsim_env)
+    try:
+        now = await source.vcenter_now()
+        moref = source.powered_on()[0]
+        mark = now - 40
+        chunks = source.plan({moref: mark}, now)
+        window = next(vm for c in chunks for vm in c.vms if vm.moref == moref)
+        assert window.start % 300 == 0 and window.start <= mark - 60
+        results = [c async for c in source.collect(chunks)]
+        mine = [s for r in results for s in r.batch.series if s.moref == moref]
+        assert mine and all(s.timestamps[0] > window.start for s in mine)
+    finally:
+        source.client.close()
+
+
+async def test_two_vcenters_and_a_slow_one_times_out_alone(vcsim_env: dict[str, str]) -> None:
+    slow_env = vcsim.start_instance("vcsim-slow", 18991, vms=2, method_delay="QueryPerf:8000")
+    fast = await started(vcsim_env, "fast")
+    slow = await started(slow_env, "slow", read_timeout_seconds=2)
+    try:
+        began = time.monotonic()
+        (fast_results, _), (slow_results, _) = await asyncio.gather(
+            collect_all(fast), collect_all(slow))
+        assert all(r.error is None for r in fast_results)
+        assert sum(r.batch.samples for r in fast_results) > 0
+        assert slow_results and all(isinstance(r.error, VCenterUnavailable)
+                                    for r in slow_results)
+        assert "timed out" in str(slow_results[0].error)
+        assert time.monotonic() - began < 30
+    finally:
+        fast.client.close()
+        slow.client.close()
+        vcsim.stop_instance("vcsim-slow")
+
+
+async def test_session_lost_mid_cycle_logs_in_again(vcsim_env: dict[str, str]) -> None:
+    source = await started(vcsim_env)
+    try:
+        logins = source.client.logins
+        si = source.client.connect()
+        si.content.sessionManager.Logout()  # what an expired session looks like to the collector
+        results, _ = await collect_all(source)
+        assert all(r.error is None for r in results)
+        assert sum(r.batch.samples for r in results) > 0
+        assert source.client.logins == logins + 1
+    finally:
+        source.client.close()
+
+
+async def test_restarted_vcenter_is_collected_again(vcsim_env: dict[str, str]) -> None:
+    env = vcsim.start_instance("vcsim-restart", 18992, vms=2)
+    source = await started(env, "restart")
+    try:
+        first, _ = await collect_all(source)
+        assert all(r.error is None for r in first)
+        vcsim.stop_instance("vcsim-restart")
+        down, _ = await collect_all(source)
+        assert all(isinstance(r.error, VCenterUnavailable) for r in down)
+        vcsim.start_instance("vcsim-restart", 18992, vms=2)
+        again, _ = await collect_all(source)
+        assert all(r.error is None for r in again)
+        assert sum(r.batch.samples for r in again) > 0
+    finally:
+        source.client.close()
+        vcsim.stop_instance("vcsim-restart")
+
+
+async def test_windows_follow_vcenter_time_not_the_collector_clock(
+        vcsim_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    source = await started(vcsim_env)
+    try:
+        real = time.time
+        monkeypatch.setattr(time, "time", lambda: real() + 7200)  # collector two hours ahead
+        results, now = await collect_all(source)
+        assert abs(now - real()) < 120
+        assert sum(r.batch.samples for r in results) > 0
+    finally:
+        source.client.close()
+
+
+async def test_wrong_ca_and_wrong_password_are_clear(vcsim_env: dict[str, str]) -> None:
+    from peers.common import ensure_certs
+
+    bad_ca = VCenterSource(vcenter_config(vcsim_env, tls={"ca_file": str(ensure_certs()
+                                                          ["other_ca"])}), collection_config())
+    with pytest.raises(VCenterUnavailable, match="TLS failed"):
+        await bad_ca.start()
+    env = dict(vcsim_env, VCSIM_PASSWORD="wrong")
+    bad_password = VCenterSource(vcenter_config(env), collection_config())
+    with pytest.raises(VCenterUnavailable, match="login refused") as info:
+        await bad_password.start()
+    assert "wrong" not in str(info.value)
+
+
+async def test_thumbprint_pins_the_certificate(vcsim_env: dict[str, str]) -> None:
+    import hashlib
+    import ssl
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(vcsim_env["VCSIM_URL"])
+    pem = ssl.get_server_certificate((parts.hostname, parts.port))
+    digest = hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest()
+    pinned = VCenterSource(vcenter_config(vcsim_env, tls={"thumbprint": digest}),
+                           collection_config(metrics=METRICS))
+    await pinned.start()
+    pinned.client.close()
+    wrong = VCenterSource(vcenter_config(vcsim_env, tls={"thumbprint": "00" * 32}),
+                          collection_config(metrics=METRICS))
+    with pytest.raises(VCenterUnavailable, match="does not match tls.thumbprint"):
+        await wrong.start()
