@@ -1,4 +1,4 @@
-"""Shared plumbing for the peer scripts: cache paths, processes by PID file, readiness, certificates."""
+"""Shared plumbing for the peer scripts: cache paths, PID files, readiness, certificates."""
 
 from __future__ import annotations
 
@@ -51,7 +51,8 @@ def pid_of(name: str) -> int | None:
     if ") Z" in stat:
         return None
     marker = (RUN / name / "marker").read_text() if (RUN / name / "marker").exists() else ""
-    if marker and marker.encode() not in cmdline:
+    # Between fork and exec the command line can read empty: that process is still ours.
+    if marker and cmdline and marker.encode() not in cmdline:
         return None
     return pid
 

@@ -71,7 +71,7 @@ def test_schema_create_twice_show_and_update(cassandra_env: dict[str, str]) -> N
     cluster, session = connect(config)
     try:
         session.execute(f"ALTER TABLE {ks}.samples DROP data")
-        with pytest.raises(SchemaMismatch, match="samples.data is missing"):
+        with pytest.raises(SchemaMismatch, match=r"samples\.data is missing"):
             schema.check(session, ks)
         with pytest.raises(SchemaMismatch, match="differs"):
             schema.create(session, config)  # never clobbers a foreign schema
@@ -127,7 +127,7 @@ def test_refusals_are_one_clear_line(cassandra_env: dict[str, str]) -> None:
         message = str(info.value)
         assert expected in message and "\n" not in message and "wrong" not in message
     unreachable = cassandra_config(cassandra_env, port=1, connect_timeout_seconds=3)
-    with pytest.raises(SinkUnavailable, match="127.0.0.1:1"):
+    with pytest.raises(SinkUnavailable, match=r"127\.0\.0\.1:1"):
         connect(unreachable)
 
 

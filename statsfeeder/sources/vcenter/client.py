@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.client
 import logging
 import ssl
 import threading
@@ -57,6 +58,8 @@ def _pinned_context(config: VCenterConfig) -> ssl.SSLContext:
         )
     context = ssl.create_default_context(cadata=pem)
     context.check_hostname = False  # the pin replaces the name check
+    # The pinned leaf is the trust anchor even when a CA (unknown to us) signed it.
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
     return context
 
 
@@ -131,16 +134,20 @@ class VCenterClient:
                 self._http = None
 
     def current_time(self) -> datetime:
-        si = self.connect()
-        try:
-            moment: datetime = si.CurrentTime()
-        except vim.fault.NotAuthenticated:
-            self.relogin()
-            moment = self.connect().CurrentTime()
-        except OSError as exc:
-            self._drop_session()
-            raise VCenterUnavailable(f"vCenter {self.name}: {exc}") from None
-        return moment
+        """vCenter's clock; also the session probe. A dead session or connection (vCenter
+        restarted) is replaced once by a fresh login before giving up."""
+        for attempt in (1, 2):
+            try:
+                moment: datetime = self.connect().CurrentTime()
+                return moment
+            except vim.fault.NotAuthenticated:
+                self.relogin()
+            except (OSError, http.client.HTTPException) as exc:
+                with self._lock:
+                    self._drop_session()
+                if attempt == 2:
+                    raise VCenterUnavailable(f"vCenter {self.name}: {exc}") from None
+        return self.connect().CurrentTime()  # type: ignore[no-any-return]
 
     # -- raw SOAP ------------------------------------------------------------------------
     def soap(self, body: str) -> bytes:

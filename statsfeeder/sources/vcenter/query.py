@@ -61,8 +61,8 @@ def plan_chunks(morefs: Sequence[str], watermarks: Mapping[str, int], now: int,
     for moref in morefs:
         start = window_start(now, watermarks.get(moref), overlap=overlap, initial=initial,
                              max_lookback=max_lookback)
-        if start >= now:
-            continue
+        if start > now - REALTIME_INTERVAL:
+            continue  # nothing new yet (and vcsim hangs on a window shorter than one interval)
         batch.append(VmWindow(moref, start))
         if len(batch) == vms_per_chunk:
             yield Chunk(tuple(batch), now)
