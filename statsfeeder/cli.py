@@ -349,7 +349,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
-    logging.getLogger("cassandra").setLevel(logging.ERROR)
+    # The driver logs tracebacks for failures that statsfeeder reports itself, in one line.
+    logging.getLogger("cassandra").setLevel(logging.CRITICAL)
     try:
         return int(args.handler(args))
     except StatsfeederError as exc:
@@ -357,3 +358,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        # A driver error outside the paths that already explain themselves: still one line.
+        if type(exc).__module__.split(".")[0] not in ("cassandra", "pyVmomi", "httpx"):
+            raise
+        text = " ".join(str(exc).split())[:300]
+        print(f"statsfeeder: {type(exc).__name__}: {text}", file=sys.stderr)
+        return 3

@@ -105,12 +105,12 @@ class Pipeline:
         report.collected += batch.samples
         t.samples_collected.labels(name).inc(batch.samples)
         self.retagger.apply(batch, self.source.vms)
-        await self._save_new_entities(batch.series)
         for reason, count in batch.dropped.items():
             report.dropped[reason] = report.dropped.get(reason, 0) + count
             t.samples_dropped.labels(name, reason).inc(count)
         began = time.monotonic()
         try:
+            await self._save_new_entities(batch.series)
             result = await self.sink.write(batch.series)
         except SinkError as exc:
             report.chunks_failed += 1
@@ -123,7 +123,11 @@ class Pipeline:
         report.written += result.samples
         advanced = self._advance(watermark_candidates(batch.series))
         if advanced:
-            await self.sink.save_watermarks(name, advanced)
+            try:
+                await self.sink.save_watermarks(name, advanced)
+            except SinkError as exc:  # the samples are stored; a restart re-reads them
+                t.sink_errors.labels(self.sink.name, type(exc).__name__).inc()
+                log.warning("%s: watermarks not persisted: %s", name, exc)
 
     async def _save_new_entities(self, series: list[Series]) -> None:
         fresh = {}

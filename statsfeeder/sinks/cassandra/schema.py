@@ -116,9 +116,11 @@ def inspect(session: Any, keyspace: str) -> SchemaState:
 def create(session: Any, config: CassandraConfig) -> SchemaState:
     """Create what is missing; an existing schema that differs is reported, not clobbered."""
     before = inspect(session, config.keyspace)
-    if before.exists and before.problems and any("missing" not in p for p in before.problems):
+    # Missing tables are created; anything else that differs is reported, not changed.
+    differs = [p for p in before.problems if not p.startswith("table ")]
+    if before.exists and differs:
         raise SchemaMismatch(f"schema: keyspace {config.keyspace} exists but differs: "
-                             f"{before.problems[0]}")
+                             f"{differs[0]}")
     session.execute(keyspace_cql(config))
     for statement in tables_cql(config):
         session.execute(statement)

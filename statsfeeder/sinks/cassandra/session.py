@@ -45,8 +45,7 @@ def connect(config: CassandraConfig, keyspace: str | None = None) -> tuple[Clust
     )
     cluster = Cluster(
         contact_points=config.hosts, port=config.port, auth_provider=auth,
-        ssl_context=context,
-        ssl_options={"server_hostname": config.hosts[0]} if context else None,
+        ssl_context=context,  # the driver checks each node against its own address
         protocol_version=4, execution_profiles={EXEC_PROFILE_DEFAULT: profile},
         connect_timeout=config.connect_timeout_seconds, control_connection_timeout=
         config.connect_timeout_seconds, reconnection_policy=ExponentialReconnectionPolicy(1, 60),

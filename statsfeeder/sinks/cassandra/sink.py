@@ -13,7 +13,7 @@ from statsfeeder.config import CassandraConfig
 from statsfeeder.model import Counter, Series, VirtualMachine
 from statsfeeder.sinks.cassandra import schema
 from statsfeeder.sinks.cassandra.session import connect
-from statsfeeder.sinks.cassandra.writer import CassandraWriter, WriteResult, _wait
+from statsfeeder.sinks.cassandra.writer import CassandraWriter, WriteResult
 
 WATERMARK_ROWS_PER_BATCH = 100
 
@@ -61,15 +61,13 @@ class CassandraSink:
     async def save_entities(self, vms: Iterable[VirtualMachine]) -> None:
         """Entity metadata (vCD id → names, vCenter, moref): lists per org or VDC, and keeps
         one series when a VM changes moref or vCenter."""
-        futures = []
-        for vm in vms:
-            entity = vm.entity
-            if entity is None:
-                continue
-            futures.append(_wait(self._session.execute_async(self._entity_insert, (
-                entity.vm, entity.name or vm.name, entity.vapp, entity.vdc, entity.org,
-                vm.vcenter, vm.moref))))
-        await asyncio.gather(*futures)
+        assert self._writer is not None, "open() first"
+        writer = self._writer
+        await asyncio.gather(*(
+            writer.execute(self._entity_insert, (vm.entity.vm, vm.entity.name or vm.name,
+                                                 vm.entity.vapp, vm.entity.vdc, vm.entity.org,
+                                                 vm.vcenter, vm.moref))
+            for vm in vms if vm.entity is not None))
 
     def list_entities(self) -> list[Any]:
         return list(self._session.execute(
@@ -84,14 +82,15 @@ class CassandraSink:
                 else _naive_epoch(row.last_sample) for row in rows}
 
     async def save_watermarks(self, vcenter: str, marks: Mapping[str, int]) -> None:
+        assert self._writer is not None, "open() first"
         items = list(marks.items())
-        futures = []
+        batches = []
         for begin in range(0, len(items), WATERMARK_ROWS_PER_BATCH):
-            batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+            batch = BatchStatement(batch_type=BatchType.UNLOGGED)  # one partition: the vCenter
             for moref, epoch in items[begin:begin + WATERMARK_ROWS_PER_BATCH]:
                 batch.add(self._watermark_insert, (vcenter, moref, epoch * 1000))
-            futures.append(_wait(self._session.execute_async(batch)))
-        await asyncio.gather(*futures)
+            batches.append(batch)
+        await asyncio.gather(*(self._writer.execute(batch) for batch in batches))
 
     def close(self) -> None:
         if self._cluster is not None:

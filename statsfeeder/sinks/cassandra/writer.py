@@ -84,10 +84,13 @@ class CassandraWriter:
                 for row in part:
                     batch.add(self._insert, row)
                 statements.append(batch)
-        await asyncio.gather(*(self._execute(statement) for statement in statements))
+        await asyncio.gather(*(self.execute(statement) for statement in statements))
         return WriteResult(row_count, sum(len(s) for s in series), len(statements))
 
-    async def _execute(self, statement: Any) -> None:
+    async def execute(self, statement: Any, parameters: Any = None) -> None:
+        """One request through the in-flight bound, with retries; errors as SinkError."""
+        if parameters is not None:
+            statement = statement.bind(parameters)
         async with self._slots:
             self.in_flight += 1
             try:

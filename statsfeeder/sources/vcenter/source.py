@@ -26,7 +26,7 @@ from statsfeeder.errors import (
     SourceError,
     VCenterUnavailable,
 )
-from statsfeeder.model import Counter, SeriesBatch, VirtualMachine
+from statsfeeder.model import REALTIME_INTERVAL, Counter, SeriesBatch, VirtualMachine
 from statsfeeder.sources.vcenter.client import VCenterClient
 from statsfeeder.sources.vcenter.counters import resolve_counters
 from statsfeeder.sources.vcenter.inventory import read_inventory
@@ -111,8 +111,11 @@ class VCenterSource:
 
     # -- collection ---------------------------------------------------------------------
     def plan(self, watermarks: Mapping[str, int], now: int) -> list[Chunk]:
+        # Ending on the 20-s grid asks a real vCenter for nothing different, and makes
+        # vcsim (which stamps samples endTime - k·20 s) answer on the grid too.
+        end = now - now % REALTIME_INTERVAL
         return list(plan_chunks(
-            self.powered_on(), watermarks, now, self.counters, budget=self.query_budget,
+            self.powered_on(), watermarks, end, self.counters, budget=self.query_budget,
             overlap=self.collection.overlap_seconds, initial=self.collection.interval_seconds,
             max_lookback=self.collection.max_lookback_seconds))
 
