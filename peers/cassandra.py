@@ -801,30 +801,31 @@ def status() -> str:
     return "; ".join(parts) if parts else "not running"
 
 
-def _cluster_node(index: int, version: str | None) -> Node:
-    version = version or _running_version(3)
+def _cluster_node(index: int, version: str | None, nodes: int = 3) -> Node:
+    version = version or _running_version(nodes)
     if version is None:
-        raise common.PeerError(f"{PEER}: no three-node cluster was started")
-    if not 0 <= index < 3:
-        raise common.PeerError(f"{PEER}: node index {index} is not 0, 1 or 2")
-    return Node(_check_version(version), 3, index)
+        raise common.PeerError(f"{PEER}: no {nodes}-node layout was started")
+    if not 0 <= index < nodes:
+        raise common.PeerError(f"{PEER}: node index {index} is not below {nodes}")
+    return Node(_check_version(version), nodes, index)
 
 
-def stop_node(index: int, *, version: str | None = None) -> bool:
-    """Stop node ``index`` (0-2, i.e. 127.0.0.<index+1>) of the three-node cluster; keeps its
-    data. True if it was running."""
-    node = _cluster_node(index, version)
-    with _layout_lock(3):
+def stop_node(index: int, *, version: str | None = None, nodes: int = 3) -> bool:
+    """Stop node ``index`` (0-2, i.e. 127.0.0.<index+1>) of the three-node cluster, or with
+    ``nodes=1`` the single node; keeps its data. True if it was running."""
+    node = _cluster_node(index, version, nodes)
+    with _layout_lock(nodes):
         _say(f"stopping {node.label} …")
         return common.stop(node.name, timeout=60)
 
 
-def start_node(index: int, *, version: str | None = None,
+def start_node(index: int, *, version: str | None = None, nodes: int = 3,
                timeout: float = START_TIMEOUT) -> float:
-    """Start node ``index`` of the three-node cluster again with its data; waits until it is
-    ready (CQL login works). Returns the seconds it took (0 if it was running)."""
-    node = _cluster_node(index, version)
-    with _layout_lock(3):
+    """Start node ``index`` of the three-node cluster (or the single node, ``nodes=1``) again
+    with its data; waits until it is ready (CQL login works). Returns the seconds it took (0
+    if it was running)."""
+    node = _cluster_node(index, version, nodes)
+    with _layout_lock(nodes):
         if _running(node):
             return 0.0
         argv, spec = _write_conf(node)

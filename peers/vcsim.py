@@ -186,9 +186,10 @@ def start_instance(
     An instance already running with the same settings is reused; one running with other
     settings is restarted. ``method_delay`` is e.g. ``"QueryPerf:2000"``; ``max_query_metrics``
     makes QueryPerf refuse calls with more entity x metric ids, like a real vCenter's
-    ``config.vpxd.stats.maxQueryMetrics`` (the simulator itself has no such limit). ``trace`` writes the
-    SOAP traffic to ``CACHE/run/<name>/trace.log`` (large: only for small inventories). Names not
-    starting with ``vcsim`` get a ``vcsim-`` prefix for their run directory.
+    ``config.vpxd.stats.maxQueryMetrics`` (the simulator itself has no such limit). ``trace``
+    writes the SOAP traffic to ``CACHE/run/<name>/trace.log`` (large: only for small
+    inventories). Names not starting with ``vcsim`` get a ``vcsim-`` prefix for their run
+    directory.
     """
     run_name = _run_name(name)
     certs = common.ensure_certs()

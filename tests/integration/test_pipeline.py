@@ -8,7 +8,6 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -97,13 +96,12 @@ async def test_sink_outage_is_backfilled_from_the_watermarks(
     await source.start()
     pipeline = Pipeline(source, sink, Retagger([]), Telemetry())
     short = ".".join(cassandra_env["CASSANDRA_VERSION"].split(".")[:2])
-    options = SimpleNamespace(cassandra=short, cassandra_nodes=1)
     try:
         first = await pipeline.run_cycle()
         assert first.ok and first.written > 0
         marks_before = dict(pipeline.watermarks)
 
-        await asyncio.to_thread(cassandra_peer.down)
+        await asyncio.to_thread(cassandra_peer.stop_node, 0, version=short, nodes=1)
         began = time.monotonic()
         failed = []
         while time.monotonic() - began < 45:  # several cycles while the sink is down
@@ -112,8 +110,12 @@ async def test_sink_outage_is_backfilled_from_the_watermarks(
         assert failed and all(not r.ok and r.written == 0 for r in failed)
         assert pipeline.watermarks == marks_before  # nothing acknowledged, nothing advanced
 
-        await asyncio.to_thread(cassandra_peer.up, options)
-        recovered = await pipeline.run_cycle()
+        await asyncio.to_thread(cassandra_peer.start_node, 0, version=short, nodes=1)
+        for _ in range(8):  # the next cycles, until the driver has reconnected (≤ 10 s)
+            recovered = await pipeline.run_cycle()
+            if recovered.ok:
+                break
+            await asyncio.sleep(5)
         assert recovered.ok and recovered.written > 0
         end = max(pipeline.watermarks.values())
         assert end > max(marks_before.values()) + 40
@@ -127,7 +129,12 @@ async def test_sink_outage_is_backfilled_from_the_watermarks(
             assert stamps[0] <= min(marks_before.values()) and stamps[-1] == end
             assert np.all(np.diff(stamps) == 20), "a gap survived the outage"
     finally:
-        await asyncio.to_thread(cassandra_peer.up, options)
+        await asyncio.to_thread(cassandra_peer.start_node, 0, version=short, nodes=1)
         source.client.close()
-        sink.session.execute(f"DROP KEYSPACE IF EXISTS {keyspace}")
+        for _ in range(10):
+            try:
+                sink.session.execute(f"DROP KEYSPACE IF EXISTS {keyspace}")
+                break
+            except Exception:
+                await asyncio.sleep(2)
         sink.close()

@@ -48,7 +48,7 @@ def connect(config: CassandraConfig, keyspace: str | None = None) -> tuple[Clust
         ssl_context=context,  # the driver checks each node against its own address
         protocol_version=4, execution_profiles={EXEC_PROFILE_DEFAULT: profile},
         connect_timeout=config.connect_timeout_seconds, control_connection_timeout=
-        config.connect_timeout_seconds, reconnection_policy=ExponentialReconnectionPolicy(1, 60),
+        config.connect_timeout_seconds, reconnection_policy=ExponentialReconnectionPolicy(0.5, 10),
     )
     try:
         session = cluster.connect(keyspace)
