@@ -81,16 +81,16 @@ def new_sink(env: dict[str, str], keyspace: str) -> CassandraSink:
     return sink
 
 
-def bench_write(env: dict[str, str], vms: int, windows: int) -> dict[str, float]:
+async def bench_write(env: dict[str, str], vms: int, windows: int) -> dict[str, float]:
     rng = np.random.default_rng(1)
     start = (int(time.time()) // 300 - windows) * 300
     series = make_series(vms, start, windows * 15, rng)
     samples = sum(len(s) for s in series)
     sink = new_sink(env, "bench_write")
     try:
-        asyncio.run(write_all(sink, series[: 50 * len(COUNTERS)], 50))  # warm-up
+        await write_all(sink, series[: 50 * len(COUNTERS)], 50)  # warm-up
         cpu0, wall0 = time.process_time(), time.perf_counter()
-        asyncio.run(write_all(sink, series, 500))
+        await write_all(sink, series, 500)
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     finally:
         sink.session.execute("DROP KEYSPACE IF EXISTS bench_write")
@@ -99,14 +99,14 @@ def bench_write(env: dict[str, str], vms: int, windows: int) -> dict[str, float]
             "client_cpu_us_per_sample": cpu / samples * 1e6}
 
 
-def bench_storage(env: dict[str, str], version: str, vms: int) -> dict[str, float]:
+async def bench_storage(env: dict[str, str], version: str, vms: int) -> dict[str, float]:
     rng = np.random.default_rng(2)
     day_start = (int(time.time()) // DAY - 1) * DAY
-    series = make_series(vms, day_start - 20, DAY // 20, rng)
+    series = make_series(vms, day_start, DAY // 20, rng)  # end-stamped: one whole day
     samples = sum(len(s) for s in series)
     sink = new_sink(env, "bench_storage")
     try:
-        asyncio.run(write_all(sink, series, 5))
+        await write_all(sink, series, 5)
         cassandra_peer.flush_and_compact("bench_storage", "samples", version=version)
         table_dirs = list((cassandra_peer.data_dir(version) / "data" / "bench_storage")
                           .glob("samples-*"))
@@ -138,8 +138,8 @@ def main() -> None:
     args = parser.parse_args()
     env = cassandra_peer.up(SimpleNamespace(cassandra=args.version, cassandra_nodes=1))
     result = {"cassandra": args.version,
-              "write": bench_write(env, args.vms, args.windows),
-              "storage": bench_storage(env, args.version, args.storage_vms)}
+              "write": asyncio.run(bench_write(env, args.vms, args.windows)),
+              "storage": asyncio.run(bench_storage(env, args.version, args.storage_vms))}
     print(json.dumps(result, indent=2))
 
 

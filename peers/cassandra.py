@@ -48,7 +48,6 @@ start (harmless with ``disk_access_mode: standard``); the ring delay must suit t
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -217,20 +216,9 @@ def lib_dir(version: str) -> Path:
     return common.CACHE / "cassandra" / VERSIONS[_check_version(version)] / "lib"
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _layout_lock(nodes: int) -> contextlib.AbstractContextManager[None]:
     """Serialises up/stop_node/start_node of one layout (1 or 3 nodes) across processes."""
-    return _locked(common.RUN / f".cassandra-n{nodes}.lock")
+    return common.locked(common.RUN / f".cassandra-n{nodes}.lock")
 
 
 # --------------------------------------------------------------------------- provisioning
@@ -247,7 +235,7 @@ def ensure_lib(version: str) -> Path:
     coordinates = [f"org.apache.cassandra:cassandra-all:{full}"]
     if version == "3.11":  # else NoClassDefFoundError on org.apache.cassandra.thrift
         coordinates.append(f"org.apache.cassandra:cassandra-thrift:{full}")
-    with _locked(lib.parent / ".fetch.lock"):
+    with common.locked(lib.parent / ".fetch.lock"):
         if not (lib / ".complete").exists():
             _say(f"fetching {full} from Maven Central into {lib} …")
             started = time.monotonic()
@@ -870,7 +858,7 @@ def _nodetool_main(version: str) -> tuple[list[str], str]:
         javac = shutil.which("javac")
         if javac is None:
             raise common.PeerError(f"{PEER} 3.11: nodetool needs a JDK's 'javac' on PATH")
-        with _locked(lib.parent / ".tools.lock"):
+        with common.locked(lib.parent / ".tools.lock"):
             if not target.exists():
                 build = tools.with_name(".tools.build")
                 shutil.rmtree(build, ignore_errors=True)

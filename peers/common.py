@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 CACHE = Path(
@@ -21,6 +22,19 @@ REPO = Path(__file__).resolve().parent.parent
 
 class PeerError(RuntimeError):
     """A peer could not be provisioned or started; the message is one line naming the peer."""
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """An exclusive file lock: one provisioning or start of a peer at a time, across
+    processes (tests, scripts/peers, benchmarks)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def run_dir(name: str) -> Path:

@@ -43,8 +43,6 @@ Writes are queued: data is queryable ~0.15 s later, so tests poll. Errors are HT
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import http.client
 import json
@@ -52,7 +50,6 @@ import os
 import shutil
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -79,17 +76,6 @@ MAIN_CLASS = "org.kairosdb.core.Main"
 INSTANCES = (DEFAULT_NAME, CASSANDRA_NAME)
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def home() -> Path:
     """The unpacked distribution (``lib/``, ``webroot/``…), whether or not fetched yet."""
     return common.CACHE / "kairosdb" / VERSION / "kairosdb"
@@ -103,7 +89,7 @@ def ensure_distribution() -> Path:
         return base / "kairosdb"
     if shutil.which("mvn") is None:
         raise common.PeerError(f"{PEER}: Maven ('mvn') is not on PATH")
-    with _locked(base.parent / ".fetch.lock"):
+    with common.locked(base.parent / ".fetch.lock"):
         if marker.exists():
             return base / "kairosdb"
         partial = base.parent / f".{VERSION}.partial"

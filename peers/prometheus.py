@@ -17,7 +17,6 @@ bad config raises). Scrape results: ``/api/v1/targets``; queries: ``/api/v1/quer
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import http.client
 import json
 import os
@@ -28,7 +27,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,17 +40,6 @@ URL = f"http://{HOST}:{PORT}"
 JOB = "statsfeeder"
 START_TIMEOUT = 60.0
 PEER = "prometheus"
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _stop_system_service() -> None:
@@ -81,7 +69,7 @@ def ensure_installed() -> tuple[str, str]:
         return prometheus, promtool
     if shutil.which("apt-get") is None:
         raise common.PeerError(f"{PEER}: 'prometheus' is not on PATH and there is no apt-get")
-    with _locked(common.CACHE / "prometheus.install.lock"):
+    with common.locked(common.CACHE / "prometheus.install.lock"):
         prometheus, promtool = shutil.which("prometheus"), shutil.which("promtool")
         if not (prometheus and promtool):
             env = {"DEBIAN_FRONTEND": "noninteractive"}

@@ -12,11 +12,8 @@ caches are the user's defaults.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 from peers import common
@@ -32,17 +29,6 @@ def binary_path() -> Path:
     return common.CACHE / "telegraf" / VERSION / "telegraf"
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def ensure_telegraf() -> Path:
     """Path of the Telegraf binary, built once (about 1.5 min on a warm Go module cache)."""
     target = binary_path()
@@ -51,7 +37,7 @@ def ensure_telegraf() -> Path:
     go = shutil.which("go")
     if go is None:
         raise common.PeerError(f"{PEER}: the Go toolchain ('go') is not on PATH")
-    with _locked(target.parent / ".build.lock"):
+    with common.locked(target.parent / ".build.lock"):
         if target.exists():
             return target
         # `go install` writes GOBIN/telegraf directly: build into a side directory, then move,

@@ -68,7 +68,6 @@ required ``faultToleranceState``/``recordReplayState`` empty): ask for property 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import http.client
 import json
@@ -77,7 +76,6 @@ import shutil
 import ssl
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -105,17 +103,6 @@ def binary_path() -> Path:
     return common.CACHE / "vcsim" / f"{GOVMOMI_VERSION}-{_source_digest()}" / "vcsim"
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def ensure_binary() -> Path:
     """Build the simulator wrapper once (cached per govmomi version and source hash)."""
     target = binary_path()
@@ -124,7 +111,7 @@ def ensure_binary() -> Path:
     go = shutil.which("go")
     if go is None:
         raise common.PeerError(f"{PEER}: the Go toolchain ('go') is not on PATH")
-    with _locked(target.parent.parent / ".build.lock"):
+    with common.locked(target.parent.parent / ".build.lock"):
         if target.exists():
             return target
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -213,7 +200,7 @@ def start_instance(
     if timeout is None:
         timeout = 300 + 0.06 * total_vms  # 10,000 VMs took minutes on a busy 2-core machine
 
-    with _locked(directory / "lock"):
+    with common.locked(directory / "lock"):
         spec_file = directory / "spec.json"
         if common.pid_of(run_name) is not None:
             if spec_file.exists() and spec_file.read_text() == spec and _answers(

@@ -22,7 +22,7 @@ from statsfeeder.errors import ConfigError, StatsfeederError
 
 log = logging.getLogger("statsfeeder")
 
-MEASURED_BYTES_PER_SAMPLE = 3.4
+MEASURED_BYTES_PER_SAMPLE = 2.2
 """On-disk bytes per stored sample measured by bench/storage.py (docs/performance.md)."""
 VCD_BYTES_PER_METRIC_DAY = 114_000
 SAMPLES_PER_DAY = 86400 // 20

@@ -9,7 +9,7 @@ import uuid
 import numpy as np
 import pytest
 
-from statsfeeder.errors import SchemaMismatch, SinkUnavailable
+from statsfeeder.errors import ConfigError, SchemaMismatch, SinkUnavailable
 from statsfeeder.model import Counter, EntityId, Series
 from statsfeeder.sinks.cassandra import schema
 from statsfeeder.sinks.cassandra.reader import read_series
@@ -137,3 +137,26 @@ def test_cli_refusal_exits_non_zero_with_one_line(cassandra_env: dict[str, str])
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "authentication failed" in lines[0]
     assert "wrong-password" not in done.stderr
+
+
+def test_client_certificate_is_presented_when_configured(cassandra_env: dict[str, str]) -> None:
+    """Mutual TLS from PEM files: the node here does not require it, so this proves the
+    client side loads and presents the certificate over a verified connection."""
+    from peers.common import ensure_certs
+
+    certs = ensure_certs()
+    config = cassandra_config(cassandra_env, tls={
+        "ca_file": cassandra_env["CASSANDRA_CA_FILE"],
+        "client_cert_file": str(certs["client_cert"]),
+        "client_key_file": str(certs["client_key"])})
+    cluster, session = connect(config)
+    try:
+        assert list(session.execute("SELECT release_version FROM system.local"))
+    finally:
+        cluster.shutdown()
+    missing_key = cassandra_config(cassandra_env, tls={
+        "ca_file": cassandra_env["CASSANDRA_CA_FILE"],
+        "client_cert_file": str(certs["client_cert"]),
+        "client_key_file": str(certs["ca"])})  # not the certificate's key
+    with pytest.raises(ConfigError, match=r"cassandra\.tls\.client_cert_file/client_key_file"):
+        connect(missing_key)

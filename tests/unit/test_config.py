@@ -64,3 +64,15 @@ def test_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:
     path.write_text("vcenters:\n  - name: [a\n")
     with pytest.raises(ConfigError, match="line"):
         load_config(path)
+
+
+def test_sizing_uses_measured_bytes_and_shows_vcds_formula(capsys: pytest.CaptureFixture[str]
+                                                           ) -> None:
+    from statsfeeder.cli import MEASURED_BYTES_PER_SAMPLE, main
+
+    assert main(["sizing", "--vms", "30000", "--metrics", "8", "--ttl", "42", "--rf", "3"]) == 0
+    out = capsys.readouterr().out
+    ours = 30000 * 8 * 4320 * 42 * 3 * MEASURED_BYTES_PER_SAMPLE / 1e9
+    assert f"disk {ours:,.1f} GB" in out
+    assert "disk 3,447.4 GB (114 kB/metric/day)" in out  # vCAT: n·m·t·r·114 kB
+    assert "72,000 write IOPS" in out  # vCAT: n·m·r/10

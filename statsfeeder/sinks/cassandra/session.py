@@ -16,19 +16,26 @@ from cassandra.policies import (
 )
 
 from statsfeeder.config import CassandraConfig
-from statsfeeder.errors import SinkUnavailable
+from statsfeeder.errors import ConfigError, SinkUnavailable
 
 
 def ssl_context(config: CassandraConfig) -> ssl.SSLContext | None:
     tls = config.tls
     if not tls.enabled:
         return None
+    if tls.ca_file is not None and not tls.ca_file.is_file():
+        raise ConfigError(f"config: cassandra.tls.ca_file: {tls.ca_file} is not a file")
     context = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.check_hostname = tls.check_hostname
     if tls.client_cert_file:
-        context.load_cert_chain(str(tls.client_cert_file),
-                                str(tls.client_key_file) if tls.client_key_file else None)
+        try:
+            context.load_cert_chain(str(tls.client_cert_file),
+                                    str(tls.client_key_file) if tls.client_key_file else None)
+        except (ssl.SSLError, OSError) as exc:
+            reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc
+            raise ConfigError(f"config: cassandra.tls.client_cert_file/client_key_file: cannot "
+                              f"load {tls.client_cert_file}: {reason}") from None
     return context
 
 
