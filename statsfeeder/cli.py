@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -167,7 +171,34 @@ def cmd_sizing(args: argparse.Namespace) -> int:
     return 0
 
 
-def _build(config: Config) -> tuple[Any, list[Any]]:
+@dataclass
+class Service:
+    """What one process runs: a pipeline per vCenter sharing the sinks and the metadata store."""
+
+    telemetry: Any
+    pipelines: list[Any]
+    sinks: list[Any]
+    store: Any
+
+    async def open(self) -> None:
+        for sink in self.sinks:
+            await asyncio.to_thread(sink.open)
+
+    async def start_pipeline(self, pipeline: Any) -> None:
+        await pipeline.source.start()
+        self.telemetry.vcenter_logins.labels(pipeline.source.name).inc()
+        if self.store is not None:
+            await asyncio.to_thread(self.store.record_counters, pipeline.source.counters)
+        await asyncio.to_thread(pipeline.load_watermarks)
+
+    def close(self) -> None:
+        for pipeline in self.pipelines:
+            pipeline.source.client.close()
+        for sink in self.sinks:
+            sink.close()
+
+
+def _build(config: Config) -> Service:
     from statsfeeder.pipeline import Pipeline
     from statsfeeder.sinks.cassandra.sink import CassandraSink
     from statsfeeder.sources.vcenter.source import VCenterSource
@@ -179,23 +210,26 @@ def _build(config: Config) -> tuple[Any, list[Any]]:
     if config.vcd.mapping_file:
         resolvers.append(StaticMapResolver.from_file(config.vcd.mapping_file))
     retagger = Retagger(resolvers, config.vcd.unmapped)
-    sink = CassandraSink(config.cassandra)
-    pipelines = [Pipeline(VCenterSource(vc, config.collection), sink, retagger, telemetry)
-                 for vc in config.vcenters]
-    return telemetry, pipelines
+    sinks: list[Any] = []
+    store = None
+    if config.cassandra.enabled:
+        store = CassandraSink(config.cassandra)
+        sinks.append(store)
+    if not sinks:
+        raise ConfigError("config: no sink enabled (cassandra.enabled is false)")
+    pipelines = [Pipeline(VCenterSource(vc, config.collection), sinks, retagger, telemetry,
+                          store) for vc in config.vcenters]
+    return Service(telemetry, pipelines, sinks, store)
 
 
 async def _once(config: Config) -> int:
-    _, pipelines = _build(config)
-    sink = pipelines[0].sink
-    await asyncio.to_thread(sink.open)
+    service = _build(config)
+    await service.open()
     try:
         status = 0
-        for pipeline in pipelines:
+        for pipeline in service.pipelines:
             try:
-                await pipeline.source.start()
-                sink.record_counters(pipeline.source.counters)
-                pipeline.load_watermarks()
+                await service.start_pipeline(pipeline)
                 report = await pipeline.run_cycle()
             except StatsfeederError as exc:
                 print(f"statsfeeder: {exc}", file=sys.stderr)
@@ -206,37 +240,42 @@ async def _once(config: Config) -> int:
                 status = 1
         return status
     finally:
-        for pipeline in pipelines:
-            await asyncio.to_thread(pipeline.source.client.close)
-        sink.close()
+        await asyncio.to_thread(service.close)
 
 
-async def _run(config: Config) -> int:
-    """Cycles aligned to wall-clock multiples of the interval; one cycle per vCenter at once."""
-    telemetry, pipelines = _build(config)
-    sink = pipelines[0].sink
-    await asyncio.to_thread(sink.open)
-    server = telemetry.serve(config.telemetry.listen)
-    telemetry.up.set(1)
+async def _run(config: Config, drain_seconds: float = 60.0) -> int:
+    """Cycles aligned to wall-clock multiples of the interval; never two cycles of one vCenter
+    at once (an overrun skips that vCenter's next start, counted). SIGTERM/SIGINT: no new
+    cycle starts, running ones get ``drain_seconds`` to finish their writes, exit 0."""
+    service = _build(config)
+    telemetry = service.telemetry
+    ready = threading.Event()
+    server = telemetry.serve(config.telemetry.listen, ready)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
     interval = config.collection.interval_seconds
-    running: dict[str, asyncio.Task[Any]] = {}
+    running: dict[str, asyncio.Task[None]] = {}
     started: set[str] = set()
 
     async def cycle(pipeline: Any) -> None:
         name = pipeline.source.name
         try:
             if name not in started:
-                await pipeline.source.start()
-                sink.record_counters(pipeline.source.counters)
-                pipeline.load_watermarks()
+                await service.start_pipeline(pipeline)
                 started.add(name)
             log.info((await pipeline.run_cycle()).summary())
         except StatsfeederError as exc:
+            telemetry.vcenter_errors.labels(name, type(exc).__name__).inc()
             log.error("vCenter %s: cycle failed: %s", name, exc)
 
     try:
-        while True:
-            for pipeline in pipelines:
+        await service.open()
+        ready.set()
+        telemetry.up.set(1)
+        while not stopping.is_set():
+            for pipeline in service.pipelines:
                 name = pipeline.source.name
                 task = running.get(name)
                 if task is not None and not task.done():
@@ -244,11 +283,20 @@ async def _run(config: Config) -> int:
                     log.warning("vCenter %s: previous cycle still running; skipped", name)
                     continue
                 running[name] = asyncio.create_task(cycle(pipeline))
-            now = time.time()
-            await asyncio.sleep(interval - now % interval)
+            delay = interval - time.time() % interval
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), delay)
+        log.info("stopping: draining running cycles (up to %.0f s)", drain_seconds)
+        pending = [task for task in running.values() if not task.done()]
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=drain_seconds)
+            for task in late:
+                task.cancel()
+        return 0
     finally:
+        telemetry.up.set(0)
         server.shutdown()
-        sink.close()
+        await asyncio.to_thread(service.close)
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
@@ -268,7 +316,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     status = 0
     for vc in config.vcenters:
-        source = VCenterSource(vc, config.collection)
+        source = VCenterSource(vc, config.collection)  # login only: no inventory read
         try:
             source.client.connect()
             source.client.current_time()

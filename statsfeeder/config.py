@@ -200,8 +200,46 @@ class CassandraConfig(Strict):
 
 
 class VcdConfig(Strict):
+    """Where VMs get their vCD identity. Resolvers are asked in this order: ``mapping_file``
+    (explicit overrides), ``api`` (the vCD query service), ``name_heuristic``."""
+
+    class Api(Strict):
+        """The vCD query service, read as system administrator (``transforms/vcd.py``)."""
+
+        url: Annotated[str, Field(pattern=r"^https://[^/\s]+(/api|/cloudapi)?/?$")]
+        """Base URL of the vCD cells (load balancer), e.g. ``https://vcd.example``."""
+        credentials: Credentials
+        """A provider (System org) user: ``administrator@System``."""
+        tls: TLS = TLS()
+        api_version: Annotated[str, Field(pattern=r"^\d+\.\d+$")] = "37.0"
+        format: Literal["json", "xml"] = "json"
+        """Media type asked of the query service; both carry the same records."""
+        refresh_seconds: Annotated[int, Field(ge=60, le=86400)] = 900
+        early_refresh_seconds: Annotated[int, Field(ge=1, le=3600)] = 60
+        """Least spacing between two refreshes: an early one (a VM the map does not know yet
+        appeared) or a retry after a failure."""
+        page_size: Annotated[int, Field(ge=1, le=128)] = 128
+        """Records per query page; vCD's maximum is 128."""
+        timeout_seconds: Annotated[float, Field(gt=0)] = 60.0
+        connect_timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
+        vcenter_names: dict[str, str] = Field(default_factory=dict)
+        """vCD vCenter (its name in vCD, its uuid, or its vimServer id) -> statsfeeder vCenter
+        name. vCD vCenters not listed are matched on their URL's host (and port)."""
+
+        @property
+        def base_url(self) -> str:
+            base = self.url.rstrip("/")
+            for suffix in ("/api", "/cloudapi"):
+                base = base.removesuffix(suffix)
+            return base
+
     mapping_file: Path | None = None
     """CSV or YAML exported by the provider: vm_id per (vcenter, moref) or instance_uuid."""
+    api: Api | None = None
+    """Map every VM from the vCD query service (authoritative); refreshed periodically."""
+    name_heuristic: bool = False
+    """Heuristic: a VM named ``<name> (<uuid>)`` in vCenter (how vCD names the VMs it
+    creates) gets ``urn:vcloud:vm:<uuid>``. Off by default: names can be edited."""
     unmapped: Literal["keep", "skip"] = "keep"
     """VMs with no vCD id: keep them under urn:vcenter:<vcenter>:vm:<instanceUuid>, or skip
     them (counted in statsfeeder_samples_dropped_total{reason="not_vcd_managed"})."""

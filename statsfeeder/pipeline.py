@@ -1,24 +1,48 @@
 """One collection cycle per vCenter: plan windows from the watermarks, stream chunks from the
-source through the retagger into the sink, and advance a VM's watermark only once the sink
-has acknowledged its samples. A chunk that fails keeps its VMs' watermarks where they were,
-so the next cycle asks vCenter for the same samples again (within its one-hour retention)."""
+source through the retagger to every enabled sink, and advance a sink's per-VM watermark only
+once that sink has acknowledged the VM's samples.
+
+Each sink has its own bounded buffer and worker: a slow or failing sink never stalls the
+others. When a sink's buffer is full the chunk is not queued for it (counted); that is safe
+because its watermark stays where it was, so the next cycle asks vCenter again (within its
+one-hour retention) and writes it then. Writes are idempotent upserts, so re-sending a window
+to a sink that already has it costs only work.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from statsfeeder.errors import SinkError
-from statsfeeder.model import EntityId, Series
-from statsfeeder.sinks.cassandra.sink import CassandraSink
+from statsfeeder.model import EntityId, Series, VirtualMachine
 from statsfeeder.sources.vcenter.source import CollectedChunk, VCenterSource
 from statsfeeder.telemetry import Telemetry
 from statsfeeder.transforms.retag import Retagger
 
 log = logging.getLogger(__name__)
+
+
+class Sink(Protocol):
+    name: str
+
+    async def write(self, series: list[Series]) -> Any: ...
+
+
+class MetadataStore(Protocol):
+    """Where watermarks and entity metadata persist (the Cassandra sink)."""
+
+    def load_watermarks(self, vcenter: str) -> dict[str, dict[str, int]]: ...
+
+    async def save_watermarks(self, vcenter: str, sink: str,
+                              marks: Mapping[str, int]) -> None: ...
+
+    async def save_entities(self, vms: list[VirtualMachine]) -> None: ...
 
 
 @dataclass
@@ -29,20 +53,23 @@ class CycleReport:
     chunks_failed: int = 0
     expected: int = 0
     collected: int = 0
-    written: int = 0
+    written: dict[str, int] = field(default_factory=dict)
+    sink_failures: dict[str, int] = field(default_factory=dict)
     dropped: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
-        return self.chunks_failed == 0
+        return self.chunks_failed == 0 and not any(self.sink_failures.values())
 
     def summary(self) -> str:
         dropped = ", ".join(f"{k}={v}" for k, v in sorted(self.dropped.items())) or "none"
+        stored = ", ".join(f"{sink} {count}" for sink, count in sorted(self.written.items()))
+        failed = sum(self.sink_failures.values())
         return (f"vCenter {self.vcenter}: {self.vms_queried} VMs in {self.chunks} chunks "
                 f"({self.chunks_failed} failed), samples expected {self.expected}, collected "
-                f"{self.collected}, stored {self.written}, dropped: {dropped}; "
-                f"{self.seconds:.1f} s")
+                f"{self.collected}, stored: {stored or 'none'} ({failed} sink failures), "
+                f"dropped: {dropped}; {self.seconds:.1f} s")
 
 
 def watermark_candidates(series: list[Series]) -> dict[str, int]:
@@ -58,42 +85,79 @@ def watermark_candidates(series: list[Series]) -> dict[str, int]:
 
 
 class Pipeline:
-    def __init__(self, source: VCenterSource, sink: CassandraSink, retagger: Retagger,
-                 telemetry: Telemetry) -> None:
+    def __init__(self, source: VCenterSource, sinks: list[Sink], retagger: Retagger,
+                 telemetry: Telemetry, store: MetadataStore | None = None,
+                 buffer_chunks: int = 8) -> None:
+        if not sinks:
+            raise ValueError("a pipeline needs at least one sink")
         self.source = source
-        self.sink = sink
+        self.sinks = sinks
         self.retagger = retagger
         self.telemetry = telemetry
-        self.watermarks: dict[str, int] = {}
+        self.store = store
+        self.buffer_chunks = buffer_chunks
+        self.watermarks: dict[str, dict[str, int]] = {sink.name: {} for sink in sinks}
         self._entities_saved: dict[str, EntityId] = {}
 
     def load_watermarks(self) -> None:
-        self.watermarks = self.sink.load_watermarks(self.source.name)
+        if self.store is not None:
+            stored = self.store.load_watermarks(self.source.name)
+            for sink in self.sinks:
+                self.watermarks[sink.name] = dict(stored.get(sink.name, {}))
+
+    def query_marks(self) -> dict[str, int]:
+        """Per VM, where every sink has its samples up to: the query starts there."""
+        names = [sink.name for sink in self.sinks]
+        first, *rest = (self.watermarks[name] for name in names)
+        return {moref: min([mark, *(other[moref] for other in rest)])
+                for moref, mark in first.items() if all(moref in other for other in rest)}
 
     async def run_cycle(self) -> CycleReport:
         began = time.monotonic()
         source, name, t = self.source, self.source.name, self.telemetry
-        report = CycleReport(name)
+        report = CycleReport(name, written={s.name: 0 for s in self.sinks},
+                             sink_failures={s.name: 0 for s in self.sinks})
         await source.refresh_inventory()
         on = source.powered_on()
         t.vms.labels(name, "powered_on").set(len(on))
         t.vms.labels(name, "other").set(len(source.vms) - len(on))
         now = await source.vcenter_now()
-        chunks = source.plan(self.watermarks, now)
+        chunks = source.plan(self.query_marks(), now)
         report.vms_queried = sum(len(c.vms) for c in chunks)
-        async for collected in source.collect(chunks):
-            await self._deliver(collected, report)
+        queues: dict[str, asyncio.Queue[list[Series] | None]] = {
+            sink.name: asyncio.Queue(maxsize=self.buffer_chunks) for sink in self.sinks}
+        workers = [asyncio.create_task(self._sink_worker(sink, queues[sink.name], report))
+                   for sink in self.sinks]
+        try:
+            async for collected in source.collect(chunks):
+                series = await self._prepare(collected, report)
+                if series is None:
+                    continue
+                for sink in self.sinks:
+                    queue = queues[sink.name]
+                    try:
+                        queue.put_nowait(series)
+                    except asyncio.QueueFull:
+                        # Safe to skip: this sink's watermark does not move, so it is re-read.
+                        report.sink_failures[sink.name] += 1
+                        t.sink_errors.labels(sink.name, "buffer_full").inc()
+                    t.sink_buffer_depth.labels(sink.name).set(queue.qsize())
+        finally:
+            for queue in queues.values():
+                await queue.put(None)
+            await asyncio.gather(*workers)
         report.seconds = time.monotonic() - began
         t.cycle_duration.labels(name).observe(report.seconds)
         if report.ok:
             t.cycle_last_success.labels(name).set(time.time())
-        queried = {vm.moref for c in chunks for vm in c.vms}
-        marks = [self.watermarks.get(m) for m in queried]
-        if marks and None not in marks:
-            t.watermark_lag.labels(name).set(now - min(m for m in marks if m is not None))
+        marks = self.query_marks()
+        behind = [marks.get(moref) for moref in on]
+        if behind and None not in behind:
+            t.watermark_lag.labels(name).set(now - min(m for m in behind if m is not None))
         return report
 
-    async def _deliver(self, collected: CollectedChunk, report: CycleReport) -> None:
+    async def _prepare(self, collected: CollectedChunk, report: CycleReport
+                       ) -> list[Series] | None:
         name, t, batch = self.source.name, self.telemetry, collected.batch
         report.chunks += 1
         report.expected += batch.expected_samples
@@ -101,49 +165,59 @@ class Pipeline:
         if collected.error is not None:
             report.chunks_failed += 1
             t.vcenter_errors.labels(name, type(collected.error).__name__).inc()
-            return
+            return None
         report.collected += batch.samples
         t.samples_collected.labels(name).inc(batch.samples)
         self.retagger.apply(batch, self.source.vms)
         for reason, count in batch.dropped.items():
             report.dropped[reason] = report.dropped.get(reason, 0) + count
             t.samples_dropped.labels(name, reason).inc(count)
-        began = time.monotonic()
         try:
             await self._save_new_entities(batch.series)
-            result = await self.sink.write(batch.series)
-        except SinkError as exc:
-            report.chunks_failed += 1
-            t.sink_errors.labels(self.sink.name, type(exc).__name__).inc()
-            log.warning("%s: chunk of %d VMs not stored: %s", name, len(collected.chunk.vms),
-                        exc)
-            return
-        t.write_duration.labels(self.sink.name).observe(time.monotonic() - began)
-        t.samples_written.labels(self.sink.name).inc(result.samples)
-        report.written += result.samples
-        advanced = self._advance(watermark_candidates(batch.series))
-        if advanced:
+        except SinkError as exc:  # metadata is re-sent with the VM's next chunk
+            t.sink_errors.labels("metadata", type(exc).__name__).inc()
+        return batch.series
+
+    async def _sink_worker(self, sink: Sink, queue: asyncio.Queue[list[Series] | None],
+                           report: CycleReport) -> None:
+        vcenter, t = self.source.name, self.telemetry
+        while (series := await queue.get()) is not None:
+            t.sink_buffer_depth.labels(sink.name).set(queue.qsize())
+            began = time.monotonic()
             try:
-                await self.sink.save_watermarks(name, advanced)
-            except SinkError as exc:  # the samples are stored; a restart re-reads them
-                t.sink_errors.labels(self.sink.name, type(exc).__name__).inc()
-                log.warning("%s: watermarks not persisted: %s", name, exc)
+                result = await sink.write(series)
+            except SinkError as exc:
+                report.sink_failures[sink.name] += 1
+                t.sink_errors.labels(sink.name, type(exc).__name__).inc()
+                log.warning("%s: %s did not store a chunk: %s", vcenter, sink.name, exc)
+                continue
+            t.write_duration.labels(sink.name).observe(time.monotonic() - began)
+            t.samples_written.labels(sink.name).inc(result.samples)
+            report.written[sink.name] += result.samples
+            advanced = self._advance(sink.name, watermark_candidates(series))
+            if advanced and self.store is not None:
+                try:
+                    await self.store.save_watermarks(vcenter, sink.name, advanced)
+                except SinkError as exc:  # stored, but a restart re-reads these windows
+                    t.sink_errors.labels("metadata", type(exc).__name__).inc()
+                    log.warning("%s: watermarks not persisted: %s", vcenter, exc)
 
     async def _save_new_entities(self, series: list[Series]) -> None:
-        fresh = {}
-        for item in series:
-            if item.entity is not None and self._entities_saved.get(item.moref) != item.entity:
-                fresh[item.moref] = item.entity
+        if self.store is None:
+            return
+        fresh = {item.moref: item.entity for item in series
+                 if item.entity is not None and self._entities_saved.get(item.moref) != item.entity}
         if fresh:
             vms = self.source.vms
-            await self.sink.save_entities(
-                dataclasses.replace(vms[moref], entity=entity) for moref, entity in fresh.items())
+            await self.store.save_entities(
+                [dataclasses.replace(vms[moref], entity=entity) for moref, entity in fresh.items()])
             self._entities_saved.update(fresh)
 
-    def _advance(self, candidates: Mapping[str, int]) -> dict[str, int]:
+    def _advance(self, sink: str, candidates: Mapping[str, int]) -> dict[str, int]:
+        marks = self.watermarks[sink]
         advanced = {}
         for moref, mark in candidates.items():
-            if mark > self.watermarks.get(moref, 0):
-                self.watermarks[moref] = mark
+            if mark > marks.get(moref, 0):
+                marks[moref] = mark
                 advanced[moref] = mark
         return advanced

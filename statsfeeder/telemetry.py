@@ -48,6 +48,9 @@ class Telemetry:
         self.sink_in_flight = Gauge(
             "statsfeeder_sink_in_flight_requests", "Requests awaiting a sink's answer.",
             ["sink"], registry=r)
+        self.sink_buffer_depth = Gauge(
+            "statsfeeder_sink_buffer_chunks", "Chunks waiting in a sink's buffer.",
+            ["sink"], registry=r)
         self.vcenter_errors = Counter(
             "statsfeeder_vcenter_errors_total", "Failed vCenter calls, by kind.",
             ["vcenter", "kind"], registry=r)

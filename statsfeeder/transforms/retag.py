@@ -8,6 +8,7 @@ and counted by reason either way: never dropped silently.
 from __future__ import annotations
 
 import csv
+import re
 from collections import Counter as Tally
 from collections.abc import Mapping
 from pathlib import Path
@@ -67,6 +68,24 @@ class StaticMapResolver:
         return (self._by_moref.get((vm.vcenter, vm.moref))
                 or self._by_moref.get(("", vm.moref))
                 or self._by_uuid.get(vm.instance_uuid.lower()))
+
+
+class NameHeuristicResolver:
+    """A **heuristic**, off by default (``vcd.name_heuristic``): vCD names the VMs it creates
+    in vCenter ``<name> (<uuid>)``, the uuid being the vCD VM id, so such a name gives
+    ``urn:vcloud:vm:<uuid>``. Nothing checks it: a VM renamed in vCenter, or a VM named that
+    way by hand, gets a wrong id or none. It knows no vApp, VDC or org. Prefer the API or a
+    mapping file; ask this one last."""
+
+    PATTERN = re.compile(
+        r"^(?P<name>.*\S)\s+\((?P<uuid>[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
+        r"[0-9a-fA-F]{4}-[0-9a-fA-F]{12})\)$")
+
+    def resolve(self, vm: VirtualMachine) -> EntityId | None:
+        match = self.PATTERN.match(vm.name.strip())
+        if match is None:
+            return None
+        return EntityId(f"urn:vcloud:vm:{match['uuid'].lower()}", match["name"])
 
 
 def vcenter_based_id(vm: VirtualMachine) -> EntityId:

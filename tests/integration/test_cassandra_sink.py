@@ -104,9 +104,11 @@ async def test_write_read_back_idempotent_with_ttl(sink: CassandraSink) -> None:
 
 
 async def test_watermarks_round_trip(sink: CassandraSink) -> None:
-    await sink.save_watermarks("vc1", {"vm-1": NOW, "vm-2": NOW - 20})
-    await sink.save_watermarks("vc1", {"vm-1": NOW + 20})
-    assert sink.load_watermarks("vc1") == {"vm-1": NOW + 20, "vm-2": NOW - 20}
+    await sink.save_watermarks("vc1", "cassandra", {"vm-1": NOW, "vm-2": NOW - 20})
+    await sink.save_watermarks("vc1", "cassandra", {"vm-1": NOW + 20})
+    await sink.save_watermarks("vc1", "kairosdb", {"vm-1": NOW - 600})
+    assert sink.load_watermarks("vc1") == {"cassandra": {"vm-1": NOW + 20, "vm-2": NOW - 20},
+                                           "kairosdb": {"vm-1": NOW - 600}}
     assert sink.load_watermarks("vc2") == {}
 
 

@@ -20,7 +20,8 @@ EXPECTED_COLUMNS: dict[str, dict[str, str]] = {
     "metrics": {"metric": "text", "unit": "text", "scale": "double"},
     "entities": {"vm_id": "text", "name": "text", "vapp": "text", "vdc": "text", "org": "text",
                  "vcenter": "text", "moref": "text", "updated": "timestamp"},
-    "watermarks": {"vcenter": "text", "moref": "text", "last_sample": "timestamp"},
+    "watermarks": {"vcenter": "text", "sink": "text", "moref": "text",
+                   "last_sample": "timestamp"},
     "leases": {"name": "text", "owner": "text", "acquired": "timestamp"},
     "schema_info": {"key": "text", "version": "int"},
 }
@@ -49,9 +50,11 @@ def tables_cql(config: CassandraConfig) -> list[str]:
         f"""CREATE TABLE IF NOT EXISTS {ks}.entities (
             vm_id text PRIMARY KEY, name text, vapp text, vdc text, org text, vcenter text,
             moref text, updated timestamp)""",
+        # Per sink: each one's last acknowledged sample, so one sink's outage is backfilled
+        # for that sink alone.
         f"""CREATE TABLE IF NOT EXISTS {ks}.watermarks (
-            vcenter text, moref text, last_sample timestamp,
-            PRIMARY KEY (vcenter, moref))""",
+            vcenter text, sink text, moref text, last_sample timestamp,
+            PRIMARY KEY (vcenter, sink, moref))""",
         f"""CREATE TABLE IF NOT EXISTS {ks}.leases (
             name text PRIMARY KEY, owner text, acquired timestamp)""",
         f"""CREATE TABLE IF NOT EXISTS {ks}.schema_info (key text PRIMARY KEY, version int)""",

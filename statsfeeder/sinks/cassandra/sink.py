@@ -4,6 +4,7 @@ keeps the per-VM watermarks (the last sample every sink acknowledged) in the sam
 from __future__ import annotations
 
 import asyncio
+import calendar
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -38,7 +39,8 @@ class CassandraSink:
             f"INSERT INTO {ks}.entities (vm_id, name, vapp, vdc, org, vcenter, moref, updated) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, toTimestamp(now()))")
         self._watermark_insert = self._session.prepare(
-            f"INSERT INTO {ks}.watermarks (vcenter, moref, last_sample) VALUES (?, ?, ?)")
+            f"INSERT INTO {ks}.watermarks (vcenter, sink, moref, last_sample) "
+            "VALUES (?, ?, ?, ?)")
 
     @property
     def session(self) -> Any:
@@ -58,7 +60,7 @@ class CassandraSink:
         assert self._writer is not None, "open() first"
         return await self._writer.write(series)
 
-    async def save_entities(self, vms: Iterable[VirtualMachine]) -> None:
+    async def save_entities(self, vms: list[VirtualMachine]) -> None:
         """Entity metadata (vCD id → names, vCenter, moref): lists per org or VDC, and keeps
         one series when a VM changes moref or vCenter."""
         assert self._writer is not None, "open() first"
@@ -74,21 +76,24 @@ class CassandraSink:
             f"SELECT vm_id, name, org, vdc, vapp, vcenter, moref FROM {self.config.keyspace}"
             ".entities"))
 
-    def load_watermarks(self, vcenter: str) -> dict[str, int]:
+    def load_watermarks(self, vcenter: str) -> dict[str, dict[str, int]]:
+        """{sink: {moref: last acknowledged sample}} for one vCenter."""
         rows = self._session.execute(
-            f"SELECT moref, last_sample FROM {self.config.keyspace}.watermarks "
+            f"SELECT sink, moref, last_sample FROM {self.config.keyspace}.watermarks "
             "WHERE vcenter = %s", (vcenter,))
-        return {row.moref: int(row.last_sample.timestamp()) if row.last_sample.tzinfo
-                else _naive_epoch(row.last_sample) for row in rows}
+        marks: dict[str, dict[str, int]] = {}
+        for row in rows:
+            marks.setdefault(row.sink, {})[row.moref] = _naive_epoch(row.last_sample)
+        return marks
 
-    async def save_watermarks(self, vcenter: str, marks: Mapping[str, int]) -> None:
+    async def save_watermarks(self, vcenter: str, sink: str, marks: Mapping[str, int]) -> None:
         assert self._writer is not None, "open() first"
         items = list(marks.items())
         batches = []
         for begin in range(0, len(items), WATERMARK_ROWS_PER_BATCH):
             batch = BatchStatement(batch_type=BatchType.UNLOGGED)  # one partition: the vCenter
             for moref, epoch in items[begin:begin + WATERMARK_ROWS_PER_BATCH]:
-                batch.add(self._watermark_insert, (vcenter, moref, epoch * 1000))
+                batch.add(self._watermark_insert, (vcenter, sink, moref, epoch * 1000))
             batches.append(batch)
         await asyncio.gather(*(self._writer.execute(batch) for batch in batches))
 
@@ -99,6 +104,5 @@ class CassandraSink:
 
 
 def _naive_epoch(moment: Any) -> int:
-    import calendar
-
+    """The driver returns timestamps as naive UTC datetimes."""
     return calendar.timegm(moment.utctimetuple())
