@@ -1,0 +1,58 @@
+"""The container files: there is no Docker engine here, so check that they parse, follow the
+rules (slim, non-root, health check) and that the configuration they mount validates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from dockerfile_parse import DockerfileParser
+
+from statsfeeder.config import parse_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_dockerfile_is_slim_non_root_with_a_health_check() -> None:
+    parser = DockerfileParser(path=str(ROOT / "Dockerfile"))
+    instructions = [(i["instruction"], i["value"]) for i in parser.structure]
+    froms = [value for kind, value in instructions if kind == "FROM"]
+    assert froms and all("-slim" in value for value in froms)
+    users = [value for kind, value in instructions if kind == "USER"]
+    assert users and users[-1] not in ("root", "0")
+    assert any(kind == "HEALTHCHECK" and "/healthz" in value for kind, value in instructions)
+    copied = [value.split()[0] for kind, value in instructions if kind == "COPY"
+              and not value.startswith("--from")]
+    for source in copied:
+        assert (ROOT / source).exists(), f"Dockerfile copies {source}, which does not exist"
+
+
+def test_compose_file_mounts_what_the_repository_has_and_a_valid_config(tmp_path: Path) -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    assert set(compose["services"]) == {"cassandra", "kairosdb", "statsfeeder", "prometheus"}
+    for name, service in compose["services"].items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("./") and "/certs/" not in source:
+                assert (ROOT / source).exists(), f"{name} mounts missing {source}"
+    statsfeeder = compose["services"]["statsfeeder"]
+    mounted = {v.split(":")[1]: v.split(":")[0] for v in statsfeeder["volumes"]}
+    config_path = statsfeeder["command"][-1]
+    raw = yaml.safe_load((ROOT / mounted[config_path]).read_text())
+    for secret in compose["secrets"]:
+        (tmp_path / secret).write_text("s3cret\n")
+    text = yaml.safe_dump(raw).replace("/run/secrets/", f"{tmp_path}/")
+    config = parse_config(yaml.safe_load(text), environ={})
+    assert config.cassandra.hosts == ["cassandra"]
+    assert config.telemetry.listen.endswith(":9274")
+    prometheus = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    assert prometheus["scrape_configs"][0]["static_configs"][0]["targets"] == ["statsfeeder:9274"]
+
+
+def test_example_config_validates(tmp_path: Path) -> None:
+    text = (ROOT / "config" / "statsfeeder.example.yaml").read_text()
+    secret = tmp_path / "pw"
+    secret.write_text("x\n")
+    raw = yaml.safe_load(text.replace("/run/secrets/vc01-password", str(secret)))
+    config = parse_config(raw, environ={"CASSANDRA_PASSWORD": "x"})
+    assert config.collection.interval_seconds == 300 and config.cassandra.ttl_days == 14
