@@ -179,10 +179,18 @@ class Service:
     pipelines: list[Any]
     sinks: list[Any]
     store: Any
+    vcd: Any = None
 
     async def open(self) -> None:
         for sink in self.sinks:
             await asyncio.to_thread(sink.open)
+        if self.vcd is not None:
+            from statsfeeder.transforms.vcd import VcdUnavailable
+
+            try:
+                await asyncio.to_thread(self.vcd.refresh)
+            except VcdUnavailable as exc:  # start anyway: VMs follow vcd.unmapped meanwhile
+                log.error("%s", exc)
 
     async def start_pipeline(self, pipeline: Any) -> None:
         await pipeline.source.start()
@@ -196,6 +204,8 @@ class Service:
             pipeline.source.client.close()
         for sink in self.sinks:
             sink.close()
+        if self.vcd is not None:
+            self.vcd.close()
 
 
 def _build(config: Config) -> Service:
@@ -203,12 +213,26 @@ def _build(config: Config) -> Service:
     from statsfeeder.sinks.cassandra.sink import CassandraSink
     from statsfeeder.sources.vcenter.source import VCenterSource
     from statsfeeder.telemetry import Telemetry
-    from statsfeeder.transforms.retag import Resolver, Retagger, StaticMapResolver
+    from statsfeeder.transforms.retag import (
+        NameHeuristicResolver,
+        Resolver,
+        Retagger,
+        StaticMapResolver,
+    )
+    from statsfeeder.transforms.vcd import VcdApiResolver
 
     telemetry = Telemetry()
     resolvers: list[Resolver] = []
     if config.vcd.mapping_file:
         resolvers.append(StaticMapResolver.from_file(config.vcd.mapping_file))
+    vcd = None
+    if config.vcd.api is not None:
+        vcd = VcdApiResolver(config.vcd.api, {vc.name: vc.url for vc in config.vcenters})
+        resolvers.append(vcd)
+        telemetry.vcd_map_age.set_function(vcd.map_age_seconds)
+        telemetry.vcd_refresh_failures.set_function(lambda: float(vcd.failures_total))
+    if config.vcd.name_heuristic:
+        resolvers.append(NameHeuristicResolver())  # last: a guess from the VM's name
     retagger = Retagger(resolvers, config.vcd.unmapped)
     sinks: list[Any] = []
     store = None
@@ -219,14 +243,16 @@ def _build(config: Config) -> Service:
         raise ConfigError("config: no sink enabled (cassandra.enabled is false)")
     pipelines = [Pipeline(VCenterSource(vc, config.collection), sinks, retagger, telemetry,
                           store) for vc in config.vcenters]
-    return Service(telemetry, pipelines, sinks, store)
+    return Service(telemetry, pipelines, sinks, store, vcd)
 
 
 async def _once(config: Config) -> int:
     service = _build(config)
     await service.open()
     try:
-        status = 0
+        # A configured vCD whose map could not be read: still collect (per vcd.unmapped),
+        # but say so in the exit code.
+        status = 1 if service.vcd is not None and not service.vcd.loaded else 0
         for pipeline in service.pipelines:
             try:
                 await service.start_pipeline(pipeline)
@@ -270,8 +296,11 @@ async def _run(config: Config, drain_seconds: float = 60.0) -> int:
             telemetry.vcenter_errors.labels(name, type(exc).__name__).inc()
             log.error("vCenter %s: cycle failed: %s", name, exc)
 
+    refresher: asyncio.Task[None] | None = None
     try:
         await service.open()
+        if service.vcd is not None:
+            refresher = asyncio.create_task(service.vcd.run_refresher(stopping))
         ready.set()
         telemetry.up.set(1)
         while not stopping.is_set():
@@ -292,6 +321,8 @@ async def _run(config: Config, drain_seconds: float = 60.0) -> int:
             _, late = await asyncio.wait(pending, timeout=drain_seconds)
             for task in late:
                 task.cancel()
+        if refresher is not None:
+            await refresher
         return 0
     finally:
         telemetry.up.set(0)

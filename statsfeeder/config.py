@@ -199,6 +199,65 @@ class CassandraConfig(Strict):
     write_retries: Annotated[int, Field(ge=0, le=20)] = 5
 
 
+class KairosDBConfig(Strict):
+    """KairosDB 1.3 over its REST API, written next to Cassandra ("hybrid mode").
+
+    Metric names are ``metric_prefix`` + the vCenter counter (``cpu.usage.average``); values
+    are in the unit vCD shows (percent, not hundredths); tags are those of ``tags``."""
+
+    class ServerTLS(Strict):
+        ca_file: Path | None = None
+        """PEM bundle to verify an https ``url`` with; None uses the system store."""
+        insecure: bool = False
+        """Skip certificate verification entirely (logs a warning at open)."""
+
+    enabled: bool = False
+    url: Annotated[str, Field(pattern=r"^https?://[^/\s]+(/\S*)?$")] = "http://127.0.0.1:8080"
+    """Base URL: ``/api/v1/...`` is appended (a path prefix behind a reverse proxy is kept)."""
+    credentials: Credentials | None = None
+    """HTTP basic auth (``kairosdb.jetty.basic_auth.user`` on the server)."""
+    tls: ServerTLS = ServerTLS()
+    metric_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9./_-]*$", max_length=100)] = ""
+    """E.g. ``vcloud.`` gives ``vcloud.cpu.usage.average``."""
+    tags: tuple[Literal["vm", "org", "vdc", "vapp", "vcenter", "moref", "instance"], ...] = (
+        "vm", "org", "vdc", "vapp", "vcenter", "moref", "instance")
+    """Tags written with every datapoint; KairosDB needs at least one."""
+    tag_charset: Literal["strict", "any"] = "strict"
+    """``strict``: tag values keep only ``A-Za-z0-9-./_`` (others become ``_``), the set every
+    KairosDB version and its telnet API accept; ``any``: sent as they are (1.2+ REST API)."""
+    ttl_days: Annotated[int, Field(gt=0, le=3650)] = 14
+    """Per-datapoint TTL, as cassandra.ttl_days (honoured by KairosDB's Cassandra datastore;
+    H2 ignores it). ``statsfeeder kairosdb purge`` refuses to delete inside it."""
+    ttl_seconds_override: Annotated[int, Field(gt=0)] | None = None
+    """Replaces ttl_days for the datapoints' TTL (tests: a few seconds)."""
+    batch_max_samples: Annotated[int, Field(ge=1, le=1_000_000)] = 20_000
+    """Datapoints per POST /api/v1/datapoints."""
+    timeout_seconds: Annotated[float, Field(gt=0)] = 30.0
+    connect_timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
+    retries: Annotated[int, Field(ge=0, le=20)] = 5
+    """Retries of one request on connection errors, timeouts and HTTP 5xx (backoff + jitter)."""
+    max_in_flight: Annotated[int, Field(ge=1, le=64)] = 4
+    gzip: bool = True
+    """Send request bodies gzip-compressed (``Content-Encoding: gzip``), about 4x smaller."""
+
+    @field_validator("tags")
+    @classmethod
+    def _tags_unique(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("at least one tag is required (KairosDB refuses a metric without)")
+        if len(set(value)) != len(value):
+            raise ValueError("a tag is listed twice")
+        return value
+
+    @property
+    def ttl_seconds(self) -> int:
+        return self.ttl_seconds_override or self.ttl_days * 86400
+
+    @property
+    def base_url(self) -> str:
+        return self.url.rstrip("/")
+
+
 class VcdConfig(Strict):
     """Where VMs get their vCD identity. Resolvers are asked in this order: ``mapping_file``
     (explicit overrides), ``api`` (the vCD query service), ``name_heuristic``."""

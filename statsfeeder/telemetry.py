@@ -63,6 +63,12 @@ class Telemetry:
         self.watermark_lag = Gauge(
             "statsfeeder_watermark_lag_seconds", "vCenter time minus the oldest VM watermark: "
             "past about 3600 s samples are lost for good.", ["vcenter"], registry=r)
+        self.vcd_map_age = Gauge(
+            "statsfeeder_vcd_map_age_seconds", "Age of the vCD entity map in use (+Inf before "
+            "the first successful read).", registry=r)
+        self.vcd_refresh_failures = Gauge(
+            "statsfeeder_vcd_refresh_failures", "vCD API refreshes that failed since start.",
+            registry=r)
         self.up = Gauge("statsfeeder_up", "1 while the service runs.", registry=r)
 
     def serve(self, listen: str, ready: threading.Event | None = None) -> ThreadingHTTPServer:

@@ -55,7 +55,8 @@ vCenters never collides.
 
 TLS is verified (``tls.ca_file`` or the system store; ``tls.thumbprint`` pins the leaf;
 ``tls.insecure`` turns it off with a warning at each new connection). The password and the
-token are never logged nor put in an exception message.
+token are never logged nor put in an exception message (httpcore's DEBUG trace of response
+headers gets the token blanked by a log filter).
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 import ssl
 import threading
 import time
@@ -96,8 +98,32 @@ MAX_PAGES = 100_000
 """Guard against a server that keeps announcing a next page (12.8 M records)."""
 
 
+class _RedactTokens(logging.Filter):
+    """httpcore's DEBUG trace prints response headers, and so vCD's session token: blank it.
+    Installed on httpcore's loggers by the first resolver; changes nothing else."""
+
+    PATTERN = re.compile(r"(\(b'(?:x-vmware-vcloud-access-token|x-vcloud-authorization|"
+                         r"authorization)', b')[^']*(')", re.IGNORECASE)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and "b'" in record.msg:
+            record.msg = self.PATTERN.sub(r"\1<redacted>\2", record.msg)
+        return True
+
+
+_REDACT = _RedactTokens()
+
+
+def _install_redaction() -> None:
+    for name in ("httpcore.http11", "httpcore.http2"):
+        logger = logging.getLogger(name)
+        if _REDACT not in logger.filters:
+            logger.addFilter(_REDACT)
+
+
 class VcdUnavailable(StatsfeederError):
-    """A refresh failed; ``kind`` says why: connect, timeout, tls, auth, http, parse."""
+    """A refresh failed; ``kind`` says why: connect, timeout, tls, auth, http, parse,
+    internal."""
 
     retriable = True
 
@@ -250,6 +276,7 @@ class VcdApiResolver:
         if unknown:
             raise ConfigError(f"config: vcd.api.vcenter_names: {unknown[0]} is not a configured "
                               "vCenter name")
+        _install_redaction()
         self.config = config
         self.base_url = config.base_url
         self._vcenter_urls = dict(vcenter_urls)
@@ -357,7 +384,15 @@ class VcdApiResolver:
             with self._miss_lock:
                 asked, self._missed = self._missed, set()
             try:
-                mapping, stats = self._read_all()
+                try:
+                    mapping, stats = self._read_all()
+                except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+                    # Not anticipated (a body that does not decode, an odd record): the
+                    # refresh fails like any other, with the traceback in the log.
+                    log.exception("vCD %s: refresh failed unexpectedly", self.base_url)
+                    raise VcdUnavailable(f"vCD {self.base_url}: refresh failed: "
+                                         f"{exc.__class__.__name__}: {exc}", "internal") \
+                        from None
             except VcdUnavailable as exc:
                 self._last_failed = True
                 self.failures[exc.kind] += 1
@@ -368,6 +403,8 @@ class VcdApiResolver:
             stats.seconds = time.monotonic() - started
             self._map = mapping
             self._settled = {key for key in self._settled | asked if key not in mapping}
+            with self._miss_lock:  # misses during the refresh that the new map answers
+                self._missed = {key for key in self._missed if key not in mapping}
             self._loaded_at = began
             self._last_failed = False
             self.last_error = None

@@ -47,10 +47,11 @@ def write_config(path: Path, vcsim_env: dict[str, str], cassandra_env: dict[str,
     return path
 
 
-def run_cli(*args: str, vcsim_env: dict[str, str], cassandra_env: dict[str, str]
-            ) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, vcsim_env: dict[str, str], cassandra_env: dict[str, str],
+            extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     env = {"VCSIM_PASSWORD": vcsim_env["VCSIM_PASSWORD"],
-           "CASSANDRA_PASSWORD": cassandra_env["CASSANDRA_PASSWORD"], "PATH": ""}
+           "CASSANDRA_PASSWORD": cassandra_env["CASSANDRA_PASSWORD"], "PATH": "",
+           **(extra or {})}
     return subprocess.run([sys.executable, "-m", "statsfeeder", *args], env=env,
                           capture_output=True, text=True, timeout=300, check=False)
 
@@ -139,3 +140,46 @@ async def test_sink_outage_is_backfilled_from_the_watermarks(
             except Exception:
                 await asyncio.sleep(2)
         sink.close()
+
+
+def test_once_tags_series_with_vcd_ids_from_the_api(tmp_path: Path, vcsim_env: dict[str, str],
+                                                    cassandra_env: dict[str, str]) -> None:
+    """vcsim → statsfeeder with vcd.api (the documented-API double) → Cassandra: stored under
+    urn:vcloud:vm:<uuid> with org / VDC / vApp, one VM left out of vCD and skipped (counted)."""
+    from statsfeeder.sources.vcenter.source import VCenterSource
+    from tests.helpers import collection_config, vcenter_config
+    from tests.vcd_double import VcdDouble
+
+    source = VCenterSource(vcenter_config(vcsim_env, "vcsim"), collection_config(metrics=METRICS))
+    asyncio.run(source.start())
+    source.client.close()
+    on = sorted(source.powered_on())
+    keyspace = f"vcd_{uuid.uuid4().hex[:8]}"
+    config = write_config(tmp_path / "c.yaml", vcsim_env, cassandra_env, keyspace)
+    with VcdDouble() as double:
+        vc = double.add_vcenter("vc-one", vcsim_env["VCSIM_URL"].removesuffix("/sdk"))
+        ids = {moref: double.add_vm(vc, moref, f"tenant-{moref}", vapp="web", vdc="gold",
+                                    org="acme") for moref in on[1:]}
+        raw = yaml.safe_load(config.read_text())
+        raw["vcd"] = {"unmapped": "skip", "api": {
+            "url": double.url, "format": "xml",
+            "credentials": {"username": f"{double.username}@System",
+                            "password_env": "VCD_PASSWORD"},
+            "tls": {"ca_file": double.ca_file}}}
+        config.write_text(yaml.safe_dump(raw))
+        envs = dict(vcsim_env=vcsim_env, cassandra_env=cassandra_env,
+                    extra={"VCD_PASSWORD": double.password})
+        assert run_cli("schema", "create", "-c", str(config), **envs).returncode == 0
+        done = run_cli("once", "-c", str(config), **envs)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "not_vcd_managed=" in done.stdout, done.stdout + done.stderr  # skipped, counted
+        assert double.password not in done.stdout + done.stderr
+    entities = run_cli("entities", "-c", str(config), **envs)
+    assert entities.returncode == 0, entities.stderr
+    listed = entities.stdout.splitlines()
+    stored = {line.split("\t")[4].split("/")[1]: line.split("\t") for line in listed}
+    assert set(stored) == set(ids)
+    for moref, vm_uuid in ids.items():
+        vm_id, name, org, vdc, _ = stored[moref]
+        assert (vm_id, name, org, vdc) == (f"urn:vcloud:vm:{vm_uuid}", f"tenant-{moref}",
+                                           "acme", "gold")
