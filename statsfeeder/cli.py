@@ -239,8 +239,13 @@ def _build(config: Config) -> Service:
     if config.cassandra.enabled:
         store = CassandraSink(config.cassandra)
         sinks.append(store)
+    if config.kairosdb.enabled:
+        from statsfeeder.sinks.kairosdb.sink import KairosDBSink
+
+        sinks.append(KairosDBSink(config.kairosdb))
     if not sinks:
-        raise ConfigError("config: no sink enabled (cassandra.enabled is false)")
+        raise ConfigError("config: no sink enabled (cassandra.enabled and kairosdb.enabled "
+                          "are both false)")
     pipelines = [Pipeline(VCenterSource(vc, config.collection), sinks, retagger, telemetry,
                           store) for vc in config.vcenters]
     return Service(telemetry, pipelines, sinks, store, vcd)
@@ -335,6 +340,18 @@ def cmd_collect(args: argparse.Namespace) -> int:
     return asyncio.run(_once(config) if args.command == "once" else _run(config))
 
 
+def cmd_kairosdb(args: argparse.Namespace) -> int:
+    from statsfeeder.sinks.kairosdb.purge import purge
+
+    config = load_config(args.config)
+    report = purge(config.kairosdb, args.older_than, yes=args.yes,
+                   metrics=[m.name for m in config.collection.metrics])
+    print(report.summary())
+    if not args.yes:
+        print("dry run: nothing deleted; add --yes to delete")
+    return 0
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     print(f"config: {args.config} is valid ({len(config.vcenters)} vCenter(s), "
@@ -368,6 +385,18 @@ def cmd_validate(args: argparse.Namespace) -> int:
         except StatsfeederError as exc:
             print(f"statsfeeder: {exc}", file=sys.stderr)
             status = 1
+    if config.kairosdb.enabled:
+        from statsfeeder.sinks.kairosdb.sink import KairosDBSink
+
+        kairosdb = KairosDBSink(config.kairosdb)
+        try:
+            kairosdb.open()
+            print(f"kairosdb: healthy at {config.kairosdb.url}")
+        except StatsfeederError as exc:
+            print(f"statsfeeder: {exc}", file=sys.stderr)
+            status = 1
+        finally:
+            kairosdb.close()
     return status
 
 
@@ -411,6 +440,13 @@ def parser() -> argparse.ArgumentParser:
     query.add_argument("--format", choices=("table", "csv", "json"), default="table")
     _cassandra_options(query)
     query.set_defaults(handler=cmd_query)
+    kairosdb = commands.add_parser("kairosdb", help="KairosDB maintenance (hybrid mode)")
+    kairosdb.add_argument("kairosdb_action", choices=("purge",))
+    kairosdb.add_argument("-c", "--config", type=Path, required=True)
+    kairosdb.add_argument("--older-than", type=int, required=True, metavar="DAYS",
+                          help="delete datapoints older than this; refused inside the TTL")
+    kairosdb.add_argument("--yes", action="store_true", help="really delete (default: dry run)")
+    kairosdb.set_defaults(handler=cmd_kairosdb)
     entities = commands.add_parser("entities", help="list the VMs that have stored samples")
     _cassandra_options(entities)
     entities.set_defaults(handler=cmd_entities)

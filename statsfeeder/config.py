@@ -314,6 +314,7 @@ class Config(Strict):
     cassandra: CassandraConfig = CassandraConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
     vcd: VcdConfig = VcdConfig()
+    kairosdb: KairosDBConfig = KairosDBConfig()
 
     @field_validator("vcenters")
     @classmethod

@@ -93,3 +93,13 @@ class SeriesBatch:
 
     def drop(self, reason: str, count: int = 1) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + count
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """What a sink acknowledged for one write: ``rows`` in the sink's own unit (Cassandra rows,
+    KairosDB metric entries), ``samples`` stored, ``requests`` sent."""
+
+    rows: int
+    samples: int
+    requests: int

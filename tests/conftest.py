@@ -99,3 +99,15 @@ def prometheus_env(request: pytest.FixtureRequest) -> Iterator[Env]:
         yield external
         return
     yield _up("prometheus", _options(request.config))
+
+
+@pytest.fixture(scope="session")
+def kairosdb_cassandra_env(cassandra_env: Env) -> Iterator[Env]:
+    """KairosDB on the Cassandra datastore (``kairosdb-cassandra``): the one that honours TTLs."""
+    from peers import kairosdb
+
+    try:
+        env = dict(kairosdb.up_on_cassandra(cassandra_env))
+    except PeerError as exc:
+        pytest.fail(f"peer kairosdb-cassandra could not start: {exc}", pytrace=False)
+    yield env

@@ -11,10 +11,10 @@ from typing import Any
 from cassandra.query import BatchStatement, BatchType
 
 from statsfeeder.config import CassandraConfig
-from statsfeeder.model import Counter, Series, VirtualMachine
+from statsfeeder.model import Counter, Series, VirtualMachine, WriteResult
 from statsfeeder.sinks.cassandra import schema
 from statsfeeder.sinks.cassandra.session import connect
-from statsfeeder.sinks.cassandra.writer import CassandraWriter, WriteResult
+from statsfeeder.sinks.cassandra.writer import CassandraWriter
 
 WATERMARK_ROWS_PER_BATCH = 100
 

@@ -10,7 +10,6 @@ import logging
 import random
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 from cassandra import OperationTimedOut, ReadTimeout, Unavailable, WriteTimeout
@@ -19,7 +18,7 @@ from cassandra.query import BatchStatement, BatchType
 
 from statsfeeder.config import CassandraConfig
 from statsfeeder.errors import BatchRejected, SinkUnavailable
-from statsfeeder.model import Series
+from statsfeeder.model import Series, WriteResult
 from statsfeeder.sinks.cassandra.encoder import encode_window, windows
 
 log = logging.getLogger(__name__)
@@ -30,11 +29,6 @@ ROWS_PER_BATCH = 32
 RETRIABLE = (OperationTimedOut, WriteTimeout, ReadTimeout, Unavailable, NoHostAvailable)
 
 
-@dataclass(frozen=True, slots=True)
-class WriteResult:
-    rows: int
-    samples: int
-    requests: int
 
 
 def vm_key(series: Series) -> str:
