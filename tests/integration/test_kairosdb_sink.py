@@ -190,7 +190,8 @@ async def test_ttl_expires_datapoints_on_cassandra(kairosdb_cassandra_env: dict[
                    "the datapoints on Cassandra")
     assert time.monotonic() - written < 8, "too slow to see them before the TTL"
     await wait_for(lambda: count(short, expiring) == 0, "the 8-s TTL to expire", timeout=60)
-    assert time.monotonic() - written >= 7.5
+    # Cassandra keeps expiry times in whole seconds: a TTL can end up to a second early.
+    assert time.monotonic() - written >= 6.5
     assert count(kept, staying) == 3
     await short_sink.aclose()
     await kept_sink.aclose()
