@@ -466,6 +466,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         stream=sys.stderr)
     # The driver logs tracebacks for failures that statsfeeder reports itself, in one line.
     logging.getLogger("cassandra").setLevel(logging.CRITICAL)
+    for chatty in ("httpx", "httpcore"):  # one line per request: thousands per cycle
+        logging.getLogger(chatty).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
         return int(args.handler(args))
     except StatsfeederError as exc:
