@@ -467,7 +467,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The driver logs tracebacks for failures that statsfeeder reports itself, in one line.
     logging.getLogger("cassandra").setLevel(logging.CRITICAL)
     for chatty in ("httpx", "httpcore"):  # one line per request: thousands per cycle
-        logging.getLogger(chatty).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+        # never DEBUG: httpcore then logs raw headers, session cookies and tokens included
+        logging.getLogger(chatty).setLevel(logging.INFO if args.verbose else logging.WARNING)
     try:
         return int(args.handler(args))
     except StatsfeederError as exc:
