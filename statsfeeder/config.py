@@ -111,7 +111,7 @@ class VCenterConfig(Strict):
     tls: TLS = TLS()
     connect_timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
     read_timeout_seconds: Annotated[float, Field(gt=0)] = 120.0
-    max_query_metrics: Annotated[int, Field(ge=1)] = 64_000
+    max_query_metrics: Annotated[int, Field(ge=1)] = 16_000
     """Upper bound on entity × metric ids in one QueryPerf; the server's own
     config.vpxd.stats.maxQueryMetrics lowers it further when set."""
     concurrency: Annotated[int, Field(ge=1, le=32)] = 2

@@ -254,7 +254,7 @@ def _numbers(text: bytes, rows: int, width: int) -> Int64Array:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            flat = np.fromstring(text.decode("ascii"), dtype=np.int64, sep=",")
+            flat = np.fromstring(text, dtype=np.int64, sep=",")
     except (ValueError, UnicodeDecodeError, DeprecationWarning):
         raise ResponseParseError("QueryPerf values are not comma-separated integers") from None
     if flat.size != rows * width:

@@ -119,7 +119,7 @@ class VCenterSource:
             overlap=self.collection.overlap_seconds, initial=self.collection.interval_seconds,
             max_lookback=self.collection.max_lookback_seconds))
 
-    async def collect(self, chunks: list[Chunk], *, queue_depth: int = 4
+    async def collect(self, chunks: list[Chunk], *, queue_depth: int = 2
                       ) -> AsyncIterator[CollectedChunk]:
         """Yield each chunk's result as it completes; a bounded queue holds workers back
         when the sinks are slower than vCenter (memory stays flat)."""
