@@ -63,7 +63,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import math
@@ -83,6 +82,7 @@ import httpx
 from statsfeeder.config import VcdConfig
 from statsfeeder.errors import ConfigError, StatsfeederError
 from statsfeeder.model import EntityId, VirtualMachine
+from statsfeeder.tls import TLSSetupError, client_context
 
 log = logging.getLogger(__name__)
 
@@ -158,37 +158,11 @@ class RefreshStats:
 
 
 def tls_context(config: VcdApiConfig) -> ssl.SSLContext:
-    tls = config.tls
-    if tls.insecure:
-        log.warning("vCD %s: TLS verification is OFF (vcd.api.tls.insecure: true)",
-                    config.base_url)
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        return context
-    if tls.thumbprint:
-        return _pinned_context(config)
-    context = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    return context
-
-
-def _pinned_context(config: VcdApiConfig) -> ssl.SSLContext:
-    parts = urlsplit(config.base_url)
-    host, port = parts.hostname or "", parts.port or 443
     try:
-        pem = ssl.get_server_certificate((host, port), timeout=config.connect_timeout_seconds)
-    except OSError as exc:
-        raise VcdUnavailable(f"vCD {config.base_url}: cannot reach {host}:{port}: {exc}",
-                             "connect") from None
-    digest = hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest()
-    if digest != config.tls.thumbprint:
-        raise VcdUnavailable(f"vCD {config.base_url}: certificate SHA-256 {digest} does not "
-                             "match vcd.api.tls.thumbprint", "tls")
-    context = ssl.create_default_context(cadata=pem)
-    context.check_hostname = False
-    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
-    return context
+        return client_context(config.tls, config.base_url, label=f"vCD {config.base_url}",
+                              key="vcd.api.tls", timeout=config.connect_timeout_seconds)
+    except TLSSetupError as exc:
+        raise VcdUnavailable(str(exc), exc.kind) from None
 
 
 def _last_segment(href: str) -> str:

@@ -7,7 +7,6 @@ path, goes through httpx with the same session cookie so its answer can be parse
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import http.client
 import logging
 import ssl
@@ -22,45 +21,17 @@ from pyVmomi import vim
 
 from statsfeeder.config import VCenterConfig
 from statsfeeder.errors import NotAuthenticated, VCenterUnavailable
+from statsfeeder.tls import TLSSetupError, client_context
 
 log = logging.getLogger(__name__)
 
 
 def tls_context(config: VCenterConfig) -> ssl.SSLContext:
-    """Verified by default (CA bundle or system store); a pinned SHA-256 thumbprint trusts
-    exactly that certificate; ``insecure`` turns verification off, loudly."""
-    tls = config.tls
-    if tls.insecure:
-        log.warning("vCenter %s: TLS verification is OFF (tls.insecure: true)", config.name)
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        return context
-    if tls.thumbprint:
-        return _pinned_context(config)
-    context = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    return context
-
-
-def _pinned_context(config: VCenterConfig) -> ssl.SSLContext:
-    parts = urlsplit(config.sdk_url)
-    host, port = parts.hostname or "", parts.port or 443
     try:
-        pem = ssl.get_server_certificate((host, port), timeout=config.connect_timeout_seconds)
-    except OSError as exc:
-        raise VCenterUnavailable(f"vCenter {config.name}: cannot reach {host}:{port}: {exc}") \
-            from None
-    digest = hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest()
-    if digest != config.tls.thumbprint:
-        raise VCenterUnavailable(
-            f"vCenter {config.name}: certificate SHA-256 {digest} does not match tls.thumbprint"
-        )
-    context = ssl.create_default_context(cadata=pem)
-    context.check_hostname = False  # the pin replaces the name check
-    # The pinned leaf is the trust anchor even when a CA (unknown to us) signed it.
-    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
-    return context
+        return client_context(config.tls, config.sdk_url, label=f"vCenter {config.name}",
+                              key="tls", timeout=config.connect_timeout_seconds)
+    except TLSSetupError as exc:
+        raise VCenterUnavailable(str(exc)) from None
 
 
 class VCenterClient:
