@@ -11,7 +11,8 @@ Our instance ``prometheus`` listens on 127.0.0.1:19090 and runs from ``CACHE/run
 exporters with ``set_scrape_targets(["127.0.0.1:PORT"], interval="1s")``, which rewrites the
 config and POSTs ``/-/reload`` (synchronous: the new targets are in effect when it returns, and a
 bad config raises). Scrape results: ``/api/v1/targets``; queries: ``/api/v1/query``.
-``promtool_check_rules(path)`` validates alert/recording rule files.
+``promtool_check_rules(path)`` validates alert/recording rule files;
+``promtool_test_rules(path)`` runs rule unit tests.
 """
 
 from __future__ import annotations
@@ -193,6 +194,20 @@ def promtool_check_rules(path: str | Path) -> None:
                  if line.strip() and not line.startswith("Checking ")
                  and line.strip() != "FAILED:"]
         raise common.PeerError(f"{PEER}: promtool check rules {path}: " + " | ".join(lines))
+
+
+def promtool_test_rules(path: str | Path) -> str:
+    """``promtool test rules PATH`` (rule unit tests); a failure raises PeerError with what
+    promtool printed. Returns its output."""
+    _, promtool = ensure_installed()
+    done = subprocess.run([promtool, "test", "rules", str(path)], capture_output=True,
+                          text=True, timeout=60, check=False)
+    if done.returncode != 0:
+        raise common.PeerError(f"{PEER}: promtool test rules {path}: "
+                               + " | ".join(line.strip() for line in
+                                            (done.stderr + done.stdout).splitlines()
+                                            if line.strip()))
+    return done.stdout
 
 
 def down() -> None:

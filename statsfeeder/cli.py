@@ -276,8 +276,10 @@ async def _once(config: Config) -> int:
 
 async def _run(config: Config, drain_seconds: float = 60.0) -> int:
     """Cycles aligned to wall-clock multiples of the interval; never two cycles of one vCenter
-    at once (an overrun skips that vCenter's next start, counted). SIGTERM/SIGINT: no new
-    cycle starts, running ones get ``drain_seconds`` to finish their writes, exit 0."""
+    at once (an overrun skips that vCenter's next start, counted). With ``ha.enabled`` only the
+    vCenters whose lease this instance holds are collected. SIGTERM/SIGINT: no new cycle
+    starts, running ones get ``drain_seconds`` to finish their writes, leases are released,
+    exit 0."""
     service = _build(config)
     telemetry = service.telemetry
     ready = threading.Event()
@@ -288,36 +290,76 @@ async def _run(config: Config, drain_seconds: float = 60.0) -> int:
         loop.add_signal_handler(signum, stopping.set)
     interval = config.collection.interval_seconds
     running: dict[str, asyncio.Task[None]] = {}
-    started: set[str] = set()
+    loaded: dict[str, int] = {}  # vCenter → lease acquisition its watermarks were read under
 
-    async def cycle(pipeline: Any) -> None:
+    def busy(name: str) -> bool:
+        task = running.get(name)
+        return task is not None and not task.done()
+
+    def lease_lost(name: str) -> None:
+        task = running.get(name)
+        if task is not None and not task.done():
+            task.cancel()
+
+    keeper = None
+
+    async def cycle(pipeline: Any, slot: int) -> None:
         name = pipeline.source.name
+        acquisition = keeper.acquisitions(name) if keeper is not None else 0
         try:
-            if name not in started:
+            if name not in loaded:
                 await service.start_pipeline(pipeline)
-                started.add(name)
-            log.info((await pipeline.run_cycle()).summary())
+            elif loaded[name] != acquisition:  # another instance advanced them meanwhile
+                await asyncio.to_thread(pipeline.load_watermarks)
+            loaded[name] = acquisition
+            report = await pipeline.run_cycle()
+            log.info("cycle %s: %s", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(slot)),
+                     report.summary())
         except StatsfeederError as exc:
             telemetry.vcenter_errors.labels(name, type(exc).__name__).inc()
             log.error("vCenter %s: cycle failed: %s", name, exc)
+        except asyncio.CancelledError:
+            if not stopping.is_set():
+                log.warning("vCenter %s: cycle cancelled: lease lost", name)
+                return
+            raise
 
-    refresher: asyncio.Task[None] | None = None
+    background: list[asyncio.Task[None]] = []
     try:
         await service.open()
         if service.vcd is not None:
-            refresher = asyncio.create_task(service.vcd.run_refresher(stopping))
+            background.append(asyncio.create_task(service.vcd.run_refresher(stopping)))
+        if config.ha.enabled:
+            from statsfeeder.ha import LeaseKeeper
+            from statsfeeder.sinks.cassandra.leases import LeaseStore
+
+            store = LeaseStore(service.store.session, config.cassandra.keyspace,
+                               config.ha.lease_seconds)
+            keeper = LeaseKeeper(store, config.ha.instance_id,
+                                 [p.source.name for p in service.pipelines], telemetry,
+                                 on_lost=lease_lost, busy=busy)
+            log.info("ha: instance %s shares %d vCenter(s), lease %d s", keeper.owner,
+                     len(keeper.names), config.ha.lease_seconds)
+            await keeper.tick()
+            background.append(asyncio.create_task(keeper.run(stopping)))
+        else:
+            for pipeline in service.pipelines:
+                telemetry.leases_held.labels(pipeline.source.name).set(1)
         ready.set()
         telemetry.up.set(1)
+        slot = int(time.time())
         while not stopping.is_set():
             for pipeline in service.pipelines:
                 name = pipeline.source.name
-                task = running.get(name)
-                if task is not None and not task.done():
+                if keeper is not None and not keeper.holds(name):
+                    continue
+                if busy(name):
                     telemetry.cycle_overruns.labels(name).inc()
                     log.warning("vCenter %s: previous cycle still running; skipped", name)
                     continue
-                running[name] = asyncio.create_task(cycle(pipeline))
+                running[name] = asyncio.create_task(cycle(pipeline, slot))
             delay = interval - time.time() % interval
+            slot = int(time.time() + delay)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), delay)
         log.info("stopping: draining running cycles (up to %.0f s)", drain_seconds)
@@ -326,8 +368,9 @@ async def _run(config: Config, drain_seconds: float = 60.0) -> int:
             _, late = await asyncio.wait(pending, timeout=drain_seconds)
             for task in late:
                 task.cancel()
-        if refresher is not None:
-            await refresher
+        await asyncio.gather(*background)
+        if keeper is not None:
+            await keeper.release_all()
         return 0
     finally:
         telemetry.up.set(0)

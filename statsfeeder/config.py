@@ -8,6 +8,7 @@ A bad key or value raises ``ConfigError`` with one line naming it, e.g.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -308,6 +309,19 @@ class TelemetryConfig(Strict):
     listen: Annotated[str, Field(pattern=r"^[^:\s]*:\d{1,5}$")] = "127.0.0.1:9274"
 
 
+class HAConfig(Strict):
+    """Several instances (one beside each vCD cell) share the vCenters through leases held in
+    Cassandra with lightweight transactions: each vCenter is collected by one instance at a
+    time, and a dead instance's vCenters move to the others within about lease_seconds."""
+
+    enabled: bool = False
+    lease_seconds: Annotated[int, Field(ge=3, le=3600)] = 60
+    """How long a lease outlives its holder's last renewal (renewed every third of it)."""
+    instance_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:@-]{1,128}$")] = Field(
+        default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    """Unique per running instance; the default, host:pid, is."""
+
+
 class Config(Strict):
     vcenters: Annotated[list[VCenterConfig], Field(min_length=1)]
     collection: CollectionConfig = CollectionConfig()
@@ -315,6 +329,13 @@ class Config(Strict):
     telemetry: TelemetryConfig = TelemetryConfig()
     vcd: VcdConfig = VcdConfig()
     kairosdb: KairosDBConfig = KairosDBConfig()
+    ha: HAConfig = HAConfig()
+
+    @model_validator(mode="after")
+    def _leases_need_cassandra(self) -> Config:
+        if self.ha.enabled and not self.cassandra.enabled:
+            raise ValueError("ha.enabled needs cassandra.enabled: the leases live there")
+        return self
 
     @field_validator("vcenters")
     @classmethod

@@ -3,6 +3,7 @@ fresh one), plus the HTTP endpoint serving /metrics, /healthz and /readyz."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -69,7 +70,25 @@ class Telemetry:
         self.vcd_refresh_failures = Gauge(
             "statsfeeder_vcd_refresh_failures", "vCD API refreshes that failed since start.",
             registry=r)
+        self.leases_held = Gauge(
+            "statsfeeder_leases_held", "1 for each vCenter this instance collects (always 1 "
+            "without ha; with ha, 1 while it holds the vCenter's lease).", ["vcenter"],
+            registry=r)
+        self.lease_events = Counter(
+            "statsfeeder_lease_events_total", "Lease changes: acquired, released, expired "
+            "(not renewed in time), taken (another instance owns it).", ["vcenter", "event"],
+            registry=r)
+        self.lease_errors = Counter(
+            "statsfeeder_lease_errors_total", "Failed lease operations against Cassandra.",
+            ["operation"], registry=r)
         self.up = Gauge("statsfeeder_up", "1 while the service runs.", registry=r)
+
+    def forget_vcenter(self, vcenter: str) -> None:
+        """Another instance collects it now: stop exporting this instance's stale progress
+        for it (alerts on freshness would fire here otherwise)."""
+        for gauge in (self.cycle_last_success, self.watermark_lag):
+            with contextlib.suppress(KeyError):
+                gauge.remove(vcenter)
 
     def serve(self, listen: str, ready: threading.Event | None = None) -> ThreadingHTTPServer:
         host, _, port = listen.rpartition(":")

@@ -56,3 +56,25 @@ def test_example_config_validates(tmp_path: Path) -> None:
     raw = yaml.safe_load(text.replace("/run/secrets/vc01-password", str(secret)))
     config = parse_config(raw, environ={"CASSANDRA_PASSWORD": "x"})
     assert config.collection.interval_seconds == 300 and config.cassandra.ttl_days == 14
+
+
+def test_example_config_mentions_every_option() -> None:
+    from pydantic import BaseModel
+
+    from statsfeeder.config import Config
+
+    text = (ROOT / "config" / "statsfeeder.example.yaml").read_text()
+
+    def options(model: type[BaseModel], prefix: str = "") -> list[str]:
+        found = []
+        for name, field in model.model_fields.items():
+            found.append(prefix + name)
+            kind = field.annotation
+            nested = [kind, *getattr(kind, "__args__", ())]
+            for candidate in nested:
+                if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                    found += options(candidate, f"{prefix}{name}.")
+        return found
+
+    missing = [o for o in options(Config) if f"{o.rsplit('.', 1)[-1]}:" not in text]
+    assert not missing, f"options not in config/statsfeeder.example.yaml: {missing}"
