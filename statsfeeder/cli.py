@@ -395,6 +395,30 @@ def cmd_kairosdb(args: argparse.Namespace) -> int:
     return 0
 
 
+def _validate_vcd(config: Config) -> int:
+    from statsfeeder.transforms.vcd import VcdApiResolver
+
+    assert config.vcd.api is not None
+    resolver = VcdApiResolver(config.vcd.api, {vc.name: vc.url for vc in config.vcenters})
+    try:
+        known = resolver.check()
+    except StatsfeederError as exc:
+        print(f"statsfeeder: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        resolver.close()
+    matched = {vc.vcenter for vc in known if vc.vcenter is not None}
+    print(f"vCD {resolver.base_url}: logged in; it manages {len(known)} vCenter(s)")
+    status = 0
+    for vc in config.vcenters:
+        if vc.name not in matched:
+            print(f"statsfeeder: vcd.api: vCenter {vc.name} ({vc.url}) is not among vCD's "
+                  "vCenters: its VMs keep vcd.unmapped (set vcd.api.vcenter_names)",
+                  file=sys.stderr)
+            status = 1
+    return status
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     print(f"config: {args.config} is valid ({len(config.vcenters)} vCenter(s), "
@@ -428,6 +452,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         except StatsfeederError as exc:
             print(f"statsfeeder: {exc}", file=sys.stderr)
             status = 1
+    if config.vcd.api is not None:
+        status |= _validate_vcd(config)
     if config.kairosdb.enabled:
         from statsfeeder.sinks.kairosdb.sink import KairosDBSink
 
@@ -504,7 +530,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+    quiet = args.command == "validate"  # its own lines are the report; logs only for problems
+    logging.basicConfig(level=logging.DEBUG if args.verbose else
+                        logging.WARNING if quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     # The driver logs tracebacks for failures that statsfeeder reports itself, in one line.

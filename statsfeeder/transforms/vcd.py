@@ -389,6 +389,12 @@ class VcdApiResolver:
                      stats.vms_unmatched_vcenter, stats.seconds)
             return stats
 
+    def check(self) -> list[VcdVCenter]:
+        """Log in and read vCD's vCenter list (blocking; for ``statsfeeder validate``): the
+        credentials, TLS and API version work, and which of our vCenters vCD knows."""
+        return [self._match_vcenter(record)
+                for record in self._query("virtualCenter", RefreshStats())]
+
     def close(self) -> None:
         """Log out (best effort) and close the connections."""
         http, token = self._http, self._token

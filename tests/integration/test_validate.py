@@ -1,0 +1,111 @@
+"""`statsfeeder validate`: the file, then every configured endpoint (vcsim, Cassandra, the vCD
+API double, KairosDB), each problem one line, secrets never shown."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from statsfeeder.config import load_config
+from statsfeeder.sinks.cassandra import schema
+from statsfeeder.sinks.cassandra.session import connect
+from tests.integration.test_pipeline import write_config
+from tests.vcd_double import VcdDouble
+
+Env = dict[str, str]
+
+
+@pytest.fixture
+def config_file(tmp_path: Path, vcsim_env: Env, cassandra_env: Env) -> Iterator[Path]:
+    keyspace = f"val_{uuid.uuid4().hex[:8]}"
+    path = write_config(tmp_path / "c.yaml", vcsim_env, cassandra_env, keyspace)
+    config = load_config(path, environ=env_of(vcsim_env, cassandra_env))
+    cluster, session = connect(config.cassandra)
+    schema.create(session, config.cassandra)
+    yield path
+    session.execute(f"DROP KEYSPACE IF EXISTS {keyspace}")
+    cluster.shutdown()
+
+
+def env_of(vcsim_env: Env, cassandra_env: Env) -> Env:
+    return {"VCSIM_PASSWORD": vcsim_env["VCSIM_PASSWORD"],
+            "CASSANDRA_PASSWORD": cassandra_env["CASSANDRA_PASSWORD"], "PATH": ""}
+
+
+def validate(path: Path, env: Env, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "statsfeeder", "validate", "-c", str(path),
+                           *extra], env=env, capture_output=True, text=True, timeout=120,
+                          check=False)
+
+
+def edit(path: Path, change: dict[str, Any]) -> None:
+    raw = yaml.safe_load(path.read_text())
+    raw.update(change)
+    path.write_text(yaml.safe_dump(raw))
+
+
+def test_every_endpoint_reached(config_file: Path, vcsim_env: Env, cassandra_env: Env) -> None:
+    done = validate(config_file, env_of(vcsim_env, cassandra_env))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith(f"config: {config_file} is valid (1 vCenter(s)")
+    assert "vCenter vcsim: reachable, logged in" in lines
+    assert any(line.startswith("cassandra: reachable, keyspace val_") for line in lines)
+
+
+def test_wrong_passwords_each_get_one_line_and_are_never_shown(
+        config_file: Path, vcsim_env: Env, cassandra_env: Env) -> None:
+    env = {**env_of(vcsim_env, cassandra_env), "VCSIM_PASSWORD": "wrong-vc-secret",
+           "CASSANDRA_PASSWORD": "wrong-db-secret"}
+    done = validate(config_file, env)
+    assert done.returncode == 1
+    errors = done.stderr.strip().splitlines()
+    assert len(errors) == 2, errors
+    assert "vCenter vcsim" in errors[0] and "login refused" in errors[0]
+    assert "cassandra" in errors[1] and "authentication failed" in errors[1]
+    assert "wrong-vc-secret" not in done.stdout + done.stderr
+    assert "wrong-db-secret" not in done.stdout + done.stderr
+
+
+def test_offline_checks_the_file_only(config_file: Path, vcsim_env: Env,
+                                      cassandra_env: Env) -> None:
+    edit(config_file, {"collection": {"interval_seconds": 5}})
+    done = validate(config_file, env_of(vcsim_env, cassandra_env), "--offline")
+    assert done.returncode != 0
+    assert done.stderr.strip() == ("statsfeeder: config: collection.interval_seconds: Input "
+                                   "should be greater than or equal to 20 (got 5)")
+
+
+def test_vcd_api_login_and_which_vcenters_it_knows(
+        config_file: Path, vcsim_env: Env, cassandra_env: Env) -> None:
+    with VcdDouble() as double:
+        vcd = {"api": {"url": double.url, "tls": {"ca_file": double.ca_file},
+                       "credentials": {"username": "administrator@System",
+                                       "password_env": "VCD_PASSWORD"}}}
+        edit(config_file, {"vcd": vcd})
+        env = {**env_of(vcsim_env, cassandra_env), "VCD_PASSWORD": double.password}
+
+        unknown = validate(config_file, env)
+        assert unknown.returncode == 1
+        assert f"vCD {double.url}: logged in; it manages 0 vCenter(s)" in unknown.stdout
+        assert unknown.stderr.strip() == (
+            f"statsfeeder: vcd.api: vCenter vcsim ({vcsim_env['VCSIM_URL']}) is not among "
+            "vCD's vCenters: its VMs keep vcd.unmapped (set vcd.api.vcenter_names)")
+
+        double.add_vcenter("vc-in-vcd", vcsim_env["VCSIM_URL"].removesuffix("/sdk"))
+        known = validate(config_file, env)
+        assert known.returncode == 0, known.stderr
+        assert f"vCD {double.url}: logged in; it manages 1 vCenter(s)" in known.stdout
+
+        refused = validate(config_file, {**env, "VCD_PASSWORD": "not-the-vcd-one"})
+        assert refused.returncode == 1
+        [line] = refused.stderr.strip().splitlines()
+        assert "login refused for user 'administrator@System'" in line
+        assert "not-the-vcd-one" not in refused.stdout + refused.stderr
