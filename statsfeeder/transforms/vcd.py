@@ -95,6 +95,9 @@ QUERY_PATH = "/api/query"
 ADMIN_VM_FIELDS = ("name", "moref", "vc", "container", "containerName", "vdc", "vdcName", "org",
                    "isVAppTemplate", "isDeleted", "status")
 MAX_PAGES = 100_000
+SETTLED_FORGET_SECONDS = 86_400
+"""A VM vCD does not manage, not asked about for this long, is forgotten (deleted, most
+likely); were it back, its first miss asks for one early refresh again."""
 """Guard against a server that keeps announcing a next page (12.8 M records)."""
 
 
@@ -262,8 +265,10 @@ class VcdApiResolver:
         self._last_failed = False
         self._missed: set[tuple[str, str]] = set()
         """Keys resolve() did not find since the last refresh began: they ask for one."""
-        self._settled: set[tuple[str, str]] = set()
-        """Keys still unknown after the refresh that followed their miss: no early refresh."""
+        self._settled: dict[tuple[str, str], float] = {}
+        """Keys still unknown after the refresh that followed their miss (no early refresh for
+        them), with when resolve() last asked: refreshes forget those not asked for
+        ``SETTLED_FORGET_SECONDS``, so deleted VMs do not pile up over years."""
         self._miss_lock = threading.Lock()
         self._refresh_lock = threading.Lock()
         self._http: httpx.Client | None = None
@@ -283,9 +288,12 @@ class VcdApiResolver:
     def resolve(self, vm: VirtualMachine) -> EntityId | None:
         key = (vm.vcenter, vm.moref)
         found = self._map.get(key)
-        if found is None and key not in self._settled:
-            with self._miss_lock:
-                self._missed.add(key)
+        if found is None:
+            if key in self._settled:
+                self._settled[key] = self._clock()
+            else:
+                with self._miss_lock:
+                    self._missed.add(key)
         return found
 
     # -- state for callers and telemetry ------------------------------------------------
@@ -309,6 +317,10 @@ class VcdApiResolver:
 
     def pending_misses(self) -> int:
         return len(self._missed)
+
+    def settled_misses(self) -> int:
+        """VMs known not to be vCD's (asked within ``SETTLED_FORGET_SECONDS``)."""
+        return len(self._settled)
 
     def refresh_due(self) -> bool:
         now = self._clock()
@@ -376,7 +388,10 @@ class VcdApiResolver:
                 raise
             stats.seconds = time.monotonic() - started
             self._map = mapping
-            self._settled = {key for key in self._settled | asked if key not in mapping}
+            recent = began - SETTLED_FORGET_SECONDS
+            self._settled = {key: asked_at for key, asked_at in self._settled.items()
+                             if asked_at >= recent and key not in mapping}
+            self._settled.update((key, began) for key in asked if key not in mapping)
             with self._miss_lock:  # misses during the refresh that the new map answers
                 self._missed = {key for key in self._missed if key not in mapping}
             self._loaded_at = began

@@ -376,6 +376,35 @@ def test_unknown_vm_triggers_one_rate_limited_early_refresh(world: World) -> Non
         clock.advance(600)
         assert resolver.maybe_refresh() is True and resolver.early_refreshes == 1
         assert all(resolver.resolve(vm) == world.expected("vc2", vm.moref) for vm in late)
+        assert resolver.settled_misses() == 0, "mapped at last: no longer settled as unknown"
+    finally:
+        resolver.close()
+
+
+def test_vms_vcd_does_not_manage_are_forgotten_a_day_after_they_stop_appearing(
+        world: World) -> None:
+    clock = Clock()
+    vms = world.inventories.vms["vc2"]
+    outsiders = [vms[m] for m in sorted(vms)[:4]]
+    for vm in outsiders:
+        world.double.delete_vm(world.vm_ids.pop(("vc2", vm.moref)))
+    resolver = make(world, clock=clock)
+    try:
+        resolver.refresh()
+        assert all(resolver.resolve(vm) is None for vm in outsiders)
+        clock.advance(60)
+        resolver.maybe_refresh()
+        assert resolver.settled_misses() == 4 and resolver.pending_misses() == 0
+        # Two stay in the inventory (asked every cycle), two were deleted (never asked again).
+        for _ in range(2 * 24 * 4):  # two days of 15-min refreshes and 5-min cycles
+            for _ in range(3):
+                clock.advance(300)
+                assert all(resolver.resolve(vm) is None for vm in outsiders[:2])
+            resolver.maybe_refresh()
+        assert resolver.settled_misses() == 2
+        assert resolver.pending_misses() == 0 and resolver.early_refreshes == 1
+        # A forgotten one that comes back asks for one early refresh again.
+        assert resolver.resolve(outsiders[3]) is None and resolver.pending_misses() == 1
     finally:
         resolver.close()
 
