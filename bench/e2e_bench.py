@@ -11,21 +11,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 from types import SimpleNamespace
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.service_setup import STATSFEEDER, prepare
 from peers import cassandra, vcsim
-from tests.integration.test_pipeline import write_config
 
 
 def main() -> None:
@@ -39,19 +35,9 @@ def main() -> None:
     env_vc = vcsim.start_instance("vcsim-e2e", 18999, clusters=clusters, hosts=4,
                                   vms=args.vms // clusters)
     env_c = cassandra.up(SimpleNamespace(cassandra=args.cassandra, cassandra_nodes=1))
-    workdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"statsfeeder-e2e-{uuid.uuid4().hex[:6]}"
-    workdir.mkdir(parents=True)
-    keyspace = f"e2e_{uuid.uuid4().hex[:8]}"
-    path = write_config(workdir / "config.yaml", env_vc, env_c, keyspace)
-    raw = yaml.safe_load(path.read_text())
-    raw["collection"].pop("metrics")  # the ten defaults
-    raw["cassandra"].update({"request_timeout_seconds": 20, "write_retries": 5})
-    path.write_text(yaml.safe_dump(raw))
-    env = {**os.environ, "VCSIM_PASSWORD": env_vc["VCSIM_PASSWORD"],
-           "CASSANDRA_PASSWORD": env_c["CASSANDRA_PASSWORD"]}
-    cli = [sys.executable, "-m", "statsfeeder"]
-    subprocess.run([*cli, "schema", "create", "-c", str(path)], env=env, check=True,
-                   capture_output=True)
+    prepared = prepare("e2e", env_vc, env_c, lambda raw: raw["cassandra"].update(
+        {"request_timeout_seconds": 20, "write_retries": 5}))
+    path, env, cli = prepared.config, prepared.env, STATSFEEDER
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     began = time.perf_counter()
     done = subprocess.run([*cli, "once", "-c", str(path)], env=env, capture_output=True,

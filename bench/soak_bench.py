@@ -15,34 +15,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import httpx
 import numpy as np
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.service_setup import STATSFEEDER, prepare
 from peers import cassandra, vcsim
-from tests.integration.test_pipeline import write_config
+from tests.integration.test_service import free_port
 
 VCSIM = ("vcsim-soak", 18985)
 PHASES = (("steady", 0.35), ("vcenter_down", 0.10), ("after_vcenter", 0.15),
           ("cassandra_down", 0.10), ("after_cassandra", 0.30))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def rss_mb(pid: int) -> float:
@@ -77,21 +69,14 @@ def main() -> None:
     vcsim_options = {"clusters": clusters, "hosts": 2, "vms": args.vms // clusters}
     env_vc = vcsim.start_instance(*VCSIM, **vcsim_options)
     env_c = cassandra.up(SimpleNamespace(cassandra=args.cassandra, cassandra_nodes=1))
-    workdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"statsfeeder-soak-{uuid.uuid4().hex[:6]}"
-    workdir.mkdir(parents=True)
-    keyspace = f"soak_{uuid.uuid4().hex[:8]}"
-    path = write_config(workdir / "config.yaml", env_vc, env_c, keyspace)
-    raw = yaml.safe_load(path.read_text())
-    raw["collection"].pop("metrics")  # the ten defaults
-    raw["collection"]["interval_seconds"] = args.interval
     port = free_port()
-    raw["telemetry"] = {"listen": f"127.0.0.1:{port}"}
-    path.write_text(yaml.safe_dump(raw))
-    env = {**os.environ, "VCSIM_PASSWORD": env_vc["VCSIM_PASSWORD"],
-           "CASSANDRA_PASSWORD": env_c["CASSANDRA_PASSWORD"]}
-    cli = [sys.executable, "-m", "statsfeeder"]
-    subprocess.run([*cli, "schema", "create", "-c", str(path)], env=env, check=True,
-                   capture_output=True)
+
+    def edit(raw: dict[str, Any]) -> None:
+        raw["collection"]["interval_seconds"] = args.interval
+        raw["telemetry"] = {"listen": f"127.0.0.1:{port}"}
+
+    prepared = prepare("soak", env_vc, env_c, edit)
+    workdir, path, env, cli = prepared.workdir, prepared.config, prepared.env, STATSFEEDER
     log = (workdir / "service.log").open("wb")
     service = subprocess.Popen([*cli, "run", "-c", str(path)], env=env, stdout=log,
                                stderr=subprocess.STDOUT)
