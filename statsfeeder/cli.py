@@ -297,9 +297,8 @@ async def _run(config: Config, drain_seconds: float = 60.0) -> int:
         return task is not None and not task.done()
 
     def lease_lost(name: str) -> None:
-        task = running.get(name)
-        if task is not None and not task.done():
-            task.cancel()
+        if busy(name):
+            running[name].cancel()
 
     keeper = None
 

@@ -95,10 +95,10 @@ QUERY_PATH = "/api/query"
 ADMIN_VM_FIELDS = ("name", "moref", "vc", "container", "containerName", "vdc", "vdcName", "org",
                    "isVAppTemplate", "isDeleted", "status")
 MAX_PAGES = 100_000
+"""Guard against a server that keeps announcing a next page (12.8 M records)."""
 SETTLED_FORGET_SECONDS = 86_400
 """A VM vCD does not manage, not asked about for this long, is forgotten (deleted, most
 likely); were it back, its first miss asks for one early refresh again."""
-"""Guard against a server that keeps announcing a next page (12.8 M records)."""
 
 
 class _RedactTokens(logging.Filter):
