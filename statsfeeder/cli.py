@@ -8,20 +8,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import os
-import signal
 import sys
-import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from statsfeeder.config import CassandraConfig, Config, load_config, parse_cassandra
+from statsfeeder.config import CassandraConfig, load_config, parse_cassandra
 from statsfeeder.errors import ConfigError, StatsfeederError
 
 log = logging.getLogger("statsfeeder")
@@ -171,215 +167,11 @@ def cmd_sizing(args: argparse.Namespace) -> int:
     return 0
 
 
-@dataclass
-class Service:
-    """What one process runs: a pipeline per vCenter sharing the sinks and the metadata store."""
-
-    telemetry: Any
-    pipelines: list[Any]
-    sinks: list[Any]
-    store: Any
-    vcd: Any = None
-
-    async def open(self) -> None:
-        for sink in self.sinks:
-            await asyncio.to_thread(sink.open)
-        if self.vcd is not None:
-            from statsfeeder.transforms.vcd import VcdUnavailable
-
-            try:
-                await asyncio.to_thread(self.vcd.refresh)
-            except VcdUnavailable as exc:  # start anyway: VMs follow vcd.unmapped meanwhile
-                log.error("%s", exc)
-
-    async def start_pipeline(self, pipeline: Any) -> None:
-        await pipeline.source.start()
-        self.telemetry.vcenter_logins.labels(pipeline.source.name).inc()
-        if self.store is not None:
-            await asyncio.to_thread(self.store.record_counters, pipeline.source.counters)
-        await asyncio.to_thread(pipeline.load_watermarks)
-
-    def close(self) -> None:
-        for pipeline in self.pipelines:
-            pipeline.source.client.close()
-        for sink in self.sinks:
-            sink.close()
-        if self.vcd is not None:
-            self.vcd.close()
-
-
-def _build(config: Config) -> Service:
-    from statsfeeder.pipeline import Pipeline
-    from statsfeeder.sinks.cassandra.sink import CassandraSink
-    from statsfeeder.sources.vcenter.source import VCenterSource
-    from statsfeeder.telemetry import Telemetry
-    from statsfeeder.transforms.retag import (
-        NameHeuristicResolver,
-        Resolver,
-        Retagger,
-        StaticMapResolver,
-    )
-    from statsfeeder.transforms.vcd import VcdApiResolver
-
-    telemetry = Telemetry()
-    resolvers: list[Resolver] = []
-    if config.vcd.mapping_file:
-        resolvers.append(StaticMapResolver.from_file(config.vcd.mapping_file))
-    vcd = None
-    if config.vcd.api is not None:
-        vcd = VcdApiResolver(config.vcd.api, {vc.name: vc.url for vc in config.vcenters})
-        resolvers.append(vcd)
-        telemetry.vcd_map_age.set_function(vcd.map_age_seconds)
-        telemetry.vcd_refresh_failures.set_function(lambda: float(vcd.failures_total))
-    if config.vcd.name_heuristic:
-        resolvers.append(NameHeuristicResolver())  # last: a guess from the VM's name
-    retagger = Retagger(resolvers, config.vcd.unmapped)
-    sinks: list[Any] = []
-    store = None
-    if config.cassandra.enabled:
-        store = CassandraSink(config.cassandra)
-        sinks.append(store)
-    if config.kairosdb.enabled:
-        from statsfeeder.sinks.kairosdb.sink import KairosDBSink
-
-        sinks.append(KairosDBSink(config.kairosdb))
-    if not sinks:
-        raise ConfigError("config: no sink enabled (cassandra.enabled and kairosdb.enabled "
-                          "are both false)")
-    pipelines = [Pipeline(VCenterSource(vc, config.collection), sinks, retagger, telemetry,
-                          store) for vc in config.vcenters]
-    return Service(telemetry, pipelines, sinks, store, vcd)
-
-
-async def _once(config: Config) -> int:
-    service = _build(config)
-    await service.open()
-    try:
-        # A configured vCD whose map could not be read: still collect (per vcd.unmapped),
-        # but say so in the exit code.
-        status = 1 if service.vcd is not None and not service.vcd.loaded else 0
-        for pipeline in service.pipelines:
-            try:
-                await service.start_pipeline(pipeline)
-                report = await pipeline.run_cycle()
-            except StatsfeederError as exc:
-                print(f"statsfeeder: {exc}", file=sys.stderr)
-                status = 1
-                continue
-            print(report.summary())
-            if not report.ok:
-                status = 1
-        return status
-    finally:
-        await asyncio.to_thread(service.close)
-
-
-async def _run(config: Config, drain_seconds: float = 60.0) -> int:
-    """Cycles aligned to wall-clock multiples of the interval; never two cycles of one vCenter
-    at once (an overrun skips that vCenter's next start, counted). With ``ha.enabled`` only the
-    vCenters whose lease this instance holds are collected. SIGTERM/SIGINT: no new cycle
-    starts, running ones get ``drain_seconds`` to finish their writes, leases are released,
-    exit 0."""
-    service = _build(config)
-    telemetry = service.telemetry
-    ready = threading.Event()
-    server = telemetry.serve(config.telemetry.listen, ready)
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stopping.set)
-    interval = config.collection.interval_seconds
-    running: dict[str, asyncio.Task[None]] = {}
-    loaded: dict[str, int] = {}  # vCenter → lease acquisition its watermarks were read under
-
-    def busy(name: str) -> bool:
-        task = running.get(name)
-        return task is not None and not task.done()
-
-    def lease_lost(name: str) -> None:
-        if busy(name):
-            running[name].cancel()
-
-    keeper = None
-
-    async def cycle(pipeline: Any, slot: int) -> None:
-        name = pipeline.source.name
-        acquisition = keeper.acquisitions(name) if keeper is not None else 0
-        try:
-            if name not in loaded:
-                await service.start_pipeline(pipeline)
-            elif loaded[name] != acquisition:  # another instance advanced them meanwhile
-                await asyncio.to_thread(pipeline.load_watermarks)
-            loaded[name] = acquisition
-            report = await pipeline.run_cycle()
-            log.info("cycle %s: %s", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(slot)),
-                     report.summary())
-        except StatsfeederError as exc:
-            telemetry.vcenter_errors.labels(name, type(exc).__name__).inc()
-            log.error("vCenter %s: cycle failed: %s", name, exc)
-        except asyncio.CancelledError:
-            if not stopping.is_set():
-                log.warning("vCenter %s: cycle cancelled: lease lost", name)
-                return
-            raise
-
-    background: list[asyncio.Task[None]] = []
-    try:
-        await service.open()
-        if service.vcd is not None:
-            background.append(asyncio.create_task(service.vcd.run_refresher(stopping)))
-        if config.ha.enabled:
-            from statsfeeder.ha import LeaseKeeper
-            from statsfeeder.sinks.cassandra.leases import LeaseStore
-
-            store = LeaseStore(service.store.session, config.cassandra.keyspace,
-                               config.ha.lease_seconds)
-            keeper = LeaseKeeper(store, config.ha.instance_id,
-                                 [p.source.name for p in service.pipelines], telemetry,
-                                 on_lost=lease_lost, busy=busy)
-            log.info("ha: instance %s shares %d vCenter(s), lease %d s", keeper.owner,
-                     len(keeper.names), config.ha.lease_seconds)
-            await keeper.tick()
-            background.append(asyncio.create_task(keeper.run(stopping)))
-        else:
-            for pipeline in service.pipelines:
-                telemetry.leases_held.labels(pipeline.source.name).set(1)
-        ready.set()
-        telemetry.up.set(1)
-        slot = int(time.time())
-        while not stopping.is_set():
-            for pipeline in service.pipelines:
-                name = pipeline.source.name
-                if keeper is not None and not keeper.holds(name):
-                    continue
-                if busy(name):
-                    telemetry.cycle_overruns.labels(name).inc()
-                    log.warning("vCenter %s: previous cycle still running; skipped", name)
-                    continue
-                running[name] = asyncio.create_task(cycle(pipeline, slot))
-            delay = interval - time.time() % interval
-            slot = int(time.time() + delay)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), delay)
-        log.info("stopping: draining running cycles (up to %.0f s)", drain_seconds)
-        pending = [task for task in running.values() if not task.done()]
-        if pending:
-            _, late = await asyncio.wait(pending, timeout=drain_seconds)
-            for task in late:
-                task.cancel()
-        await asyncio.gather(*background)
-        if keeper is not None:
-            await keeper.release_all()
-        return 0
-    finally:
-        telemetry.up.set(0)
-        server.shutdown()
-        await asyncio.to_thread(service.close)
-
-
 def cmd_collect(args: argparse.Namespace) -> int:
+    from statsfeeder.service import run_once, run_service
+
     config = load_config(args.config)
-    return asyncio.run(_once(config) if args.command == "once" else _run(config))
+    return asyncio.run(run_once(config) if args.command == "once" else run_service(config))
 
 
 def cmd_kairosdb(args: argparse.Namespace) -> int:
@@ -394,78 +186,13 @@ def cmd_kairosdb(args: argparse.Namespace) -> int:
     return 0
 
 
-def _validate_vcd(config: Config) -> int:
-    from statsfeeder.transforms.vcd import VcdApiResolver
-
-    assert config.vcd.api is not None
-    resolver = VcdApiResolver(config.vcd.api, {vc.name: vc.url for vc in config.vcenters})
-    try:
-        known = resolver.check()
-    except StatsfeederError as exc:
-        print(f"statsfeeder: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        resolver.close()
-    matched = {vc.vcenter for vc in known if vc.vcenter is not None}
-    print(f"vCD {resolver.base_url}: logged in; it manages {len(known)} vCenter(s)")
-    status = 0
-    for vc in config.vcenters:
-        if vc.name not in matched:
-            print(f"statsfeeder: vcd.api: vCenter {vc.name} ({vc.url}) is not among vCD's "
-                  "vCenters: its VMs keep vcd.unmapped (set vcd.api.vcenter_names)",
-                  file=sys.stderr)
-            status = 1
-    return status
-
-
 def cmd_validate(args: argparse.Namespace) -> int:
+    from statsfeeder.validate import validate
+
     config = load_config(args.config)
     print(f"config: {args.config} is valid ({len(config.vcenters)} vCenter(s), "
           f"{len(config.collection.metrics)} metrics)")
-    if args.offline:
-        return 0
-    from statsfeeder.sinks.cassandra import schema
-    from statsfeeder.sinks.cassandra.session import connect
-    from statsfeeder.sources.vcenter.source import VCenterSource
-
-    status = 0
-    for vc in config.vcenters:
-        source = VCenterSource(vc, config.collection)  # login only: no inventory read
-        try:
-            source.client.connect()
-            source.client.current_time()
-            print(f"vCenter {vc.name}: reachable, logged in")
-        except StatsfeederError as exc:
-            print(f"statsfeeder: {exc}", file=sys.stderr)
-            status = 1
-        finally:
-            source.client.close()
-    if config.cassandra.enabled:
-        try:
-            cluster, session = connect(config.cassandra)
-            try:
-                schema.check(session, config.cassandra.keyspace)
-            finally:
-                cluster.shutdown()
-            print(f"cassandra: reachable, keyspace {config.cassandra.keyspace} as expected")
-        except StatsfeederError as exc:
-            print(f"statsfeeder: {exc}", file=sys.stderr)
-            status = 1
-    if config.vcd.api is not None:
-        status |= _validate_vcd(config)
-    if config.kairosdb.enabled:
-        from statsfeeder.sinks.kairosdb.sink import KairosDBSink
-
-        kairosdb = KairosDBSink(config.kairosdb)
-        try:
-            kairosdb.open()
-            print(f"kairosdb: healthy at {config.kairosdb.url}")
-        except StatsfeederError as exc:
-            print(f"statsfeeder: {exc}", file=sys.stderr)
-            status = 1
-        finally:
-            kairosdb.close()
-    return status
+    return validate(config, args.offline)
 
 
 def cmd_entities(args: argparse.Namespace) -> int:

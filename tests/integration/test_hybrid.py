@@ -13,8 +13,8 @@ import yaml
 
 from peers import common
 from peers import kairosdb as kairosdb_peer
-from statsfeeder.cli import _build
 from statsfeeder.config import load_config
+from statsfeeder.service import build_service as _build
 from statsfeeder.sinks.cassandra import schema
 from statsfeeder.sinks.cassandra.session import connect
 from tests.integration.test_pipeline import write_config

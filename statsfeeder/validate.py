@@ -1,0 +1,82 @@
+"""``statsfeeder validate``: check the configuration, then reach every configured endpoint
+(vCenters, Cassandra, the vCD API, KairosDB) and report each in one line."""
+
+from __future__ import annotations
+
+import sys
+
+from statsfeeder.config import Config
+from statsfeeder.errors import StatsfeederError
+
+
+def _validate_vcd(config: Config) -> int:
+    from statsfeeder.transforms.vcd import VcdApiResolver
+
+    assert config.vcd.api is not None
+    resolver = VcdApiResolver(config.vcd.api, {vc.name: vc.url for vc in config.vcenters})
+    try:
+        known = resolver.check()
+    except StatsfeederError as exc:
+        print(f"statsfeeder: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        resolver.close()
+    matched = {vc.vcenter for vc in known if vc.vcenter is not None}
+    print(f"vCD {resolver.base_url}: logged in; it manages {len(known)} vCenter(s)")
+    status = 0
+    for vc in config.vcenters:
+        if vc.name not in matched:
+            print(f"statsfeeder: vcd.api: vCenter {vc.name} ({vc.url}) is not among vCD's "
+                  "vCenters: its VMs keep vcd.unmapped (set vcd.api.vcenter_names)",
+                  file=sys.stderr)
+            status = 1
+    return status
+
+
+def validate(config: Config, offline: bool) -> int:
+    """Exit status 0 when everything answered as expected; each problem is one line."""
+    if offline:
+        return 0
+    from statsfeeder.sinks.cassandra import schema
+    from statsfeeder.sinks.cassandra.session import connect
+    from statsfeeder.sources.vcenter.source import VCenterSource
+
+    status = 0
+    for vc in config.vcenters:
+        source = VCenterSource(vc, config.collection)  # login only: no inventory read
+        try:
+            source.client.connect()
+            source.client.current_time()
+            print(f"vCenter {vc.name}: reachable, logged in")
+        except StatsfeederError as exc:
+            print(f"statsfeeder: {exc}", file=sys.stderr)
+            status = 1
+        finally:
+            source.client.close()
+    if config.cassandra.enabled:
+        try:
+            cluster, session = connect(config.cassandra)
+            try:
+                schema.check(session, config.cassandra.keyspace)
+            finally:
+                cluster.shutdown()
+            print(f"cassandra: reachable, keyspace {config.cassandra.keyspace} as expected")
+        except StatsfeederError as exc:
+            print(f"statsfeeder: {exc}", file=sys.stderr)
+            status = 1
+    if config.vcd.api is not None:
+        status |= _validate_vcd(config)
+    if config.kairosdb.enabled:
+        from statsfeeder.sinks.kairosdb.sink import KairosDBSink
+
+        kairosdb = KairosDBSink(config.kairosdb)
+        try:
+            kairosdb.open()
+            print(f"kairosdb: healthy at {config.kairosdb.url}")
+        except StatsfeederError as exc:
+            print(f"statsfeeder: {exc}", file=sys.stderr)
+            status = 1
+        finally:
+            kairosdb.close()
+    return status
+
