@@ -6,9 +6,13 @@ outage and a Cassandra outage in the middle; is memory flat, and does it catch u
 Cycles run every ``--interval`` seconds (the production 300 s compressed; every cycle still
 re-reads whole 5-minute windows, so each one does a production cycle's work). Phases, as
 shares of ``--minutes``: steady 35 %, vCenter down 10 %, steady 15 %, Cassandra down 10 %,
-steady 30 %. Reports the service's RSS (from /proc, every 5 s) per phase, the RSS trend over
-the last steady phase in MB/hour, cycles and samples written, and the watermark lag at the end
+steady 30 %. Reports the service's RSS (from /proc, every 5 s) per
+phase, the RSS trend in MB/hour over the whole run after ``--warmup-minutes`` and over the last
+steady phase (timeline in rss.csv), cycles and samples written, and the watermark lag at the end
 (back to under two intervals means every outage was backfilled).
+
+To soak beside a test run without disturbing its peers, give the soak a Cassandra of its own:
+``STATSFEEDER_CACHE=~/.cache/statsfeeder-soak STATSFEEDER_PEER_PORT_OFFSET=100``.
 """
 
 from __future__ import annotations
@@ -64,6 +68,8 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=20)
     parser.add_argument("--interval", type=int, default=20)
     parser.add_argument("--cassandra", default="3.11", choices=("3.11", "4.1", "5.0"))
+    parser.add_argument("--warmup-minutes", type=float, default=15,
+                        help="left out of the whole-run RSS trend")
     args = parser.parse_args()
     clusters = 4 if args.vms >= 1000 else 1
     vcsim_options = {"clusters": clusters, "hosts": 2, "vms": args.vms // clusters}
@@ -110,12 +116,23 @@ def main() -> None:
     last = np.array(samples["after_cassandra"])
     half = last[len(last) // 2:]  # after the backfill has settled
     slope = float(np.polyfit(half[:, 0], half[:, 1], 1)[0]) * 3600 if len(half) > 2 else None
+    # Whole run after warm-up: every phase, outages included, so that a leak that only grows
+    # while a peer is down shows up too; allocator high-water marks flatten out over hours.
+    everything = np.array([point for name, _ in PHASES for point in samples[name]])
+    warm = everything[everything[:, 0] >= args.warmup_minutes * 60]
+    overall = (float(np.polyfit(warm[:, 0], warm[:, 1], 1)[0]) * 3600
+               if len(warm) > 2 else None)
+    timeline = workdir / "rss.csv"
+    timeline.write_text("seconds,rss_mb\n" + "".join(f"{t:.0f},{v:.1f}\n" for t, v in everything))
     result = {
         "vms": args.vms, "minutes": args.minutes, "interval_s": args.interval,
         "cassandra": env_c["CASSANDRA_VERSION"],
         "rss_mb": {name: {"first": round(s[0][1]), "max": round(max(v for _, v in s)),
                           "last": round(s[-1][1])} for name, s in samples.items() if s},
         "rss_trend_last_steady_half_mb_per_hour": round(slope, 1) if slope is not None else None,
+        "rss_trend_after_warmup_mb_per_hour": round(overall, 2) if overall is not None else None,
+        "warmup_minutes": args.warmup_minutes,
+        "rss_timeline": str(timeline),
         "cycles": int(end.get('statsfeeder_cycle_duration_seconds_count{vcenter="vcsim"}', 0)),
         "cycles_succeeded_last": end.get(
             'statsfeeder_cycle_last_success_timestamp_seconds{vcenter="vcsim"}'),

@@ -67,6 +67,10 @@ import yaml
 
 from peers import common
 
+PORT_OFFSET = int(os.environ.get("STATSFEEDER_PEER_PORT_OFFSET", "0"))
+"""Added to every Cassandra port: with its own ``STATSFEEDER_CACHE`` a long benchmark (the soak)
+runs a Cassandra of its own, stopped and started by it, beside the one the tests use."""
+
 PEER = "cassandra"
 VERSIONS = {"3.11": "3.11.19", "4.1": "4.1.10", "5.0": "5.0.9"}
 USERNAME = "cassandra"
@@ -155,15 +159,15 @@ class Node:
 
     @property
     def native_port(self) -> int:
-        return 19042 if self.nodes == 1 else 29042
+        return (19042 if self.nodes == 1 else 29042) + PORT_OFFSET
 
     @property
     def storage_port(self) -> int:
-        return 17000 if self.nodes == 1 else 27000
+        return (17000 if self.nodes == 1 else 27000) + PORT_OFFSET
 
     @property
     def jmx_port(self) -> int:
-        return 17199 if self.nodes == 1 else 27199 + 100 * self.index
+        return (17199 if self.nodes == 1 else 27199 + 100 * self.index) + PORT_OFFSET
 
     @property
     def token(self) -> str:
