@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from statsfeeder.config import CassandraConfig, load_config, parse_cassandra
+from statsfeeder.config_checks import DATACENTER_NAME
 from statsfeeder.errors import ConfigError, StatsfeederError
 
 log = logging.getLogger("statsfeeder")
@@ -46,11 +47,43 @@ def _cassandra_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--datacenters", help="NetworkTopologyStrategy: dc1:3,dc2:3")
 
 
+def _check_ranges(args: argparse.Namespace, ranges: dict[str, tuple[int, int]]) -> None:
+    for name, (low, high) in ranges.items():
+        value = getattr(args, name.replace("-", "_"), None)
+        if value is not None and not low <= value <= high:
+            raise ConfigError(f"--{name} {value}: must be between {low:,} and {high:,}")
+
+
+def _datacenters(text: str) -> dict[str, int]:
+    dcs: dict[str, int] = {}
+    for item in text.split(","):
+        dc, _, rf = item.strip().rpartition(":")
+        if not DATACENTER_NAME.match(dc):
+            raise ConfigError(f"--datacenters: {dc!r} is not a datacenter name (letters, "
+                              "digits, '-', '_', '.'); use dc1:3,dc2:3")
+        if not rf.isdigit() or not 1 <= int(rf) <= 9:
+            raise ConfigError(f"--datacenters: {dc}: the replication factor must be 1 to 9")
+        dcs[dc] = int(rf)
+    return dcs
+
+
 def cassandra_config(args: argparse.Namespace) -> CassandraConfig:
-    """The config file's cassandra section (if given), overridden by command-line options."""
+    return cassandra_request(args)[0]
+
+
+def cassandra_request(args: argparse.Namespace) -> tuple[CassandraConfig, set[str]]:
+    """The config file's cassandra section (if given), overridden by command-line options, and
+    which of ttl_days / replication the file or the options set (``schema update`` changes
+    only those)."""
+    _check_ranges(args, {"port": (1, 65535), "ttl": (1, 3650), "replication-factor": (1, 9)})
+    if args.replication_factor is not None and args.datacenters:
+        raise ConfigError("--replication-factor and --datacenters: give one (SimpleStrategy "
+                          "or NetworkTopologyStrategy)")
     base: dict[str, Any] = {}
+    asked: set[str] = set()
     if args.config:
         loaded = load_config(args.config).cassandra
+        asked = loaded.model_fields_set & {"ttl_days", "replication"}
         base = loaded.model_dump(exclude_none=True, exclude={"credentials"})
         if loaded.credentials is not None:
             base["credentials"] = {"username": loaded.credentials.username,
@@ -60,6 +93,8 @@ def cassandra_config(args: argparse.Namespace) -> CassandraConfig:
     for key, value in (("port", args.port), ("ttl_days", args.ttl), ("keyspace", args.keyspace)):
         if value is not None:
             base[key] = value
+    if args.ttl is not None:
+        asked.add("ttl_days")
     username = args.username or (None if args.config else os.environ.get("CASSANDRA_USERNAME"))
     if username:
         credentials: dict[str, Any] = {"username": username}
@@ -79,30 +114,31 @@ def cassandra_config(args: argparse.Namespace) -> CassandraConfig:
             tls[key] = value
     base["tls"] = tls
     if args.datacenters:
-        try:
-            dcs = {dc: int(rf) for dc, rf in (item.split(":") for item in
-                                               args.datacenters.split(","))}
-        except ValueError:
-            raise ConfigError(f"--datacenters {args.datacenters!r}: use dc1:3,dc2:3") from None
-        base["replication"] = {"strategy": "NetworkTopologyStrategy", "datacenters": dcs}
-    elif args.replication_factor:
+        base["replication"] = {"strategy": "NetworkTopologyStrategy",
+                               "datacenters": _datacenters(args.datacenters)}
+        asked.add("replication")
+    elif args.replication_factor is not None:
         base["replication"] = {"replication_factor": args.replication_factor}
-    return parse_cassandra(base)
+        asked.add("replication")
+    return parse_cassandra(base), asked
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
     from statsfeeder.sinks.cassandra import schema
     from statsfeeder.sinks.cassandra.session import connect
 
-    config = cassandra_config(args)
+    config, asked = cassandra_request(args)
     cluster, session = connect(config)
     try:
         if args.schema_action == "create":
             state = schema.create(session, config)
             print(f"schema: keyspace {config.keyspace} ready")
         elif args.schema_action == "update":
-            state = schema.update(session, config)
-            print(f"schema: keyspace {config.keyspace} updated")
+            state, notes = schema.update(
+                session, config, ttl="ttl_days" in asked, replication="replication" in asked,
+                allow_lower_replication=args.allow_lower_replication)
+            for note in notes:
+                print(f"schema: {config.keyspace}: {note}")
         else:
             state = schema.inspect(session, config.keyspace)
         print(state.describe())
@@ -131,20 +167,20 @@ def cmd_query(args: argparse.Namespace) -> int:
         found = read_series(session, config.keyspace, args.vm, args.metric, since, until)
     finally:
         cluster.shutdown()
-    rows = [(s.metric, s.instance, int(ts), float(v) * s.scale, s.unit)
-            for s in found for ts, v in zip(s.timestamps, s.values, strict=True)]
+    rows = [(s.metric, s.instance, int(ts), v, s.unit)
+            for s in found for ts, v in zip(s.timestamps.tolist(), s.shown_values(), strict=True)]
     if args.format == "json":
         print(json.dumps([{"metric": m, "instance": i, "timestamp": ts, "value": v, "unit": u}
                           for m, i, ts, v, u in rows]))
     elif args.format == "csv":
         print("metric,instance,timestamp,value,unit")
         for m, i, ts, v, u in rows:
-            print(f"{m},{i},{ts},{v:g},{u}")
+            print(f"{m},{i},{ts},{v},{u}")
     else:
         print(f"{'metric':<26} {'instance':<10} {'time (UTC)':<20} {'value':>12} unit")
         for m, i, ts, v, u in rows:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))
-            print(f"{m:<26} {i or '-':<10} {stamp:<20} {v:>12g} {u}")
+            print(f"{m:<26} {i or '-':<10} {stamp:<20} {v!s:>12} {u}")
     if not rows:
         print(f"query: no samples for {args.vm} {','.join(args.metric)} since {args.since}",
               file=sys.stderr)
@@ -153,6 +189,8 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 
 def cmd_sizing(args: argparse.Namespace) -> int:
+    _check_ranges(args, {"vms": (1, 10_000_000), "metrics": (1, 10_000), "ttl": (1, 3650),
+                         "rf": (1, 9)})
     samples_per_s = args.vms * args.metrics / 20
     ours = args.vms * args.metrics * SAMPLES_PER_DAY * args.ttl * args.rf \
         * MEASURED_BYTES_PER_SAMPLE
@@ -180,9 +218,7 @@ def cmd_kairosdb(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     report = purge(config.kairosdb, args.older_than, yes=args.yes,
                    metrics=[m.name for m in config.collection.metrics])
-    print(report.summary())
-    if not args.yes:
-        print("dry run: nothing deleted; add --yes to delete")
+    print(report.summary())  # says "dry run" itself when nothing was deleted
     return 0
 
 
@@ -206,7 +242,7 @@ def cmd_entities(args: argparse.Namespace) -> int:
         sink.close()
     for row in sorted(rows, key=lambda r: (r.vcenter or "", r.name or "")):
         print(f"{row.vm_id}\t{row.name}\t{row.org or '-'}\t{row.vdc or '-'}\t"
-              f"{row.vcenter}/{row.moref}")
+              f"{row.vapp or '-'}\t{row.vcenter}/{row.moref}")
     return 0
 
 
@@ -225,6 +261,9 @@ def parser() -> argparse.ArgumentParser:
     validate.set_defaults(handler=cmd_validate)
     schema_cmd = commands.add_parser("schema", help="create, update or show the Cassandra schema")
     schema_cmd.add_argument("schema_action", choices=("create", "update", "show"))
+    schema_cmd.add_argument("--allow-lower-replication", action="store_true",
+                            help="update: let --replication-factor/--datacenters lower the "
+                                 "copies of every sample (then run nodetool cleanup)")
     _cassandra_options(schema_cmd)
     schema_cmd.set_defaults(handler=cmd_schema)
     query = commands.add_parser("query", help="read a VM's stored series")

@@ -9,22 +9,26 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
     SecretStr,
-    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
+from statsfeeder.config_checks import (
+    datacenter_name,
+    pem_ca_file,
+    read_secret,
+    url_without_credentials,
+)
 from statsfeeder.errors import ConfigError
 
 DEFAULT_METRICS = (
@@ -45,18 +49,9 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _read_secret(value: SecretStr | None, file: Path | None, env: str | None,
-                 where: str, environ: Mapping[str, str]) -> SecretStr | None:
-    if file is not None:
-        try:
-            return SecretStr(file.read_text().strip())
-        except OSError as exc:
-            raise ValueError(f"cannot read {where}_file {file}: {exc.strerror}") from None
-    if env is not None:
-        if env not in environ:
-            raise ValueError(f"{where}_env names {env}, which is not set")
-        return SecretStr(environ[env])
-    return value
+CAFile = Annotated[Path, AfterValidator(pem_ca_file)]
+"""A PEM CA bundle, checked when the config is loaded (so ``validate --offline`` sees it)."""
+PlainURL = AfterValidator(url_without_credentials)
 
 
 class Credentials(Strict):
@@ -68,7 +63,7 @@ class Credentials(Strict):
     @model_validator(mode="after")
     def _resolve_password(self, info: ValidationInfo) -> Credentials:
         environ = (info.context or {}).get("environ", os.environ)
-        resolved = _read_secret(self.password, self.password_file, self.password_env, "password",
+        resolved = read_secret(self.password, self.password_file, self.password_env, "password",
                                 environ)
         if resolved is None:
             raise ValueError("one of password, password_file or password_env is required")
@@ -81,7 +76,7 @@ class Credentials(Strict):
 
 
 class TLS(Strict):
-    ca_file: Path | None = None
+    ca_file: CAFile | None = None
     """PEM bundle to verify the server with; None uses the system store."""
     thumbprint: str | None = None
     """SHA-256 fingerprint of the server certificate, for self-signed vCenters."""
@@ -98,6 +93,13 @@ class TLS(Strict):
             raise ValueError("must be a SHA-256 fingerprint: 64 hex digits, colons allowed")
         return digits
 
+    @model_validator(mode="after")
+    def _pin_or_insecure(self) -> TLS:
+        if self.insecure and self.thumbprint:
+            raise ValueError("insecure and thumbprint together: insecure would ignore the pin; "
+                             "keep the thumbprint and remove insecure")
+        return self
+
 
 class MetricSpec(Strict):
     name: Annotated[str, Field(pattern=r"^[a-zA-Z]+\.[a-zA-Z0-9_]+\.[a-z]+$")]
@@ -107,7 +109,7 @@ class MetricSpec(Strict):
 
 class VCenterConfig(Strict):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]+$")]
-    url: Annotated[str, Field(pattern=r"^https?://[^/\s]+(/sdk)?/?$")]
+    url: Annotated[str, Field(pattern=r"^https?://[^/\s]+(/sdk)?/?$"), PlainURL]
     credentials: Credentials
     tls: TLS = TLS()
     connect_timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
@@ -117,6 +119,14 @@ class VCenterConfig(Strict):
     config.vpxd.stats.maxQueryMetrics lowers it further when set."""
     concurrency: Annotated[int, Field(ge=1, le=32)] = 2
     requests_per_second: Annotated[float, Field(gt=0)] = 20.0
+
+    @field_validator("url")
+    @classmethod
+    def _https_only(cls, value: str) -> str:
+        if not value.startswith("https://"):
+            raise ValueError("must be https:// (vCenter's SDK answers QueryPerf over HTTPS "
+                             "only)")
+        return value
 
     @property
     def sdk_url(self) -> str:
@@ -159,7 +169,8 @@ class CollectionConfig(Strict):
 class Replication(Strict):
     strategy: Literal["SimpleStrategy", "NetworkTopologyStrategy"] = "SimpleStrategy"
     replication_factor: Annotated[int, Field(ge=1, le=9)] = 1
-    datacenters: dict[str, Annotated[int, Field(ge=1, le=9)]] = Field(default_factory=dict)
+    datacenters: dict[Annotated[str, AfterValidator(datacenter_name)],
+                      Annotated[int, Field(ge=1, le=9)]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _dcs_for_nts(self) -> Replication:
@@ -171,13 +182,15 @@ class Replication(Strict):
         if self.strategy == "SimpleStrategy":
             return ("{'class': 'SimpleStrategy', 'replication_factor': "
                     f"{self.replication_factor}}}")
-        dcs = ", ".join(f"'{dc}': {rf}" for dc, rf in sorted(self.datacenters.items()))
+        # Names are checked (datacenter_name); the quotes are doubled all the same.
+        dcs = ", ".join(f"'{dc.replace(chr(39), chr(39) * 2)}': {rf}"
+                        for dc, rf in sorted(self.datacenters.items()))
         return f"{{'class': 'NetworkTopologyStrategy', {dcs}}}"
 
 
 class CassandraTLS(Strict):
     enabled: bool = True
-    ca_file: Path | None = None
+    ca_file: CAFile | None = None
     client_cert_file: Path | None = None
     client_key_file: Path | None = None
     check_hostname: bool = True
@@ -191,9 +204,11 @@ class CassandraConfig(Strict):
     tls: CassandraTLS = CassandraTLS()
     keyspace: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,47}$")] = "vcloud_metrics"
     ttl_days: Annotated[int, Field(gt=0, le=3650)] = 14
+    """Retention applied by ``schema create`` and ``schema update``; writes follow the samples
+    table's default_time_to_live (a mismatch is reported at start-up and by validate)."""
     replication: Replication = Replication()
     consistency: Literal["ONE", "LOCAL_ONE", "QUORUM", "LOCAL_QUORUM", "ALL"] = "LOCAL_QUORUM"
-    local_datacenter: str | None = None
+    local_datacenter: Annotated[str, AfterValidator(datacenter_name)] | None = None
     max_in_flight: Annotated[int, Field(ge=1, le=4096)] = 128
     request_timeout_seconds: Annotated[float, Field(gt=0)] = 12.0
     connect_timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
@@ -207,16 +222,20 @@ class KairosDBConfig(Strict):
     are in the unit vCD shows (percent, not hundredths); tags are those of ``tags``."""
 
     class ServerTLS(Strict):
-        ca_file: Path | None = None
+        ca_file: CAFile | None = None
         """PEM bundle to verify an https ``url`` with; None uses the system store."""
         insecure: bool = False
         """Skip certificate verification entirely (logs a warning at open)."""
 
     enabled: bool = False
-    url: Annotated[str, Field(pattern=r"^https?://[^/\s]+(/\S*)?$")] = "http://127.0.0.1:8080"
+    url: Annotated[str, Field(pattern=r"^https?://[^/\s]+(/\S*)?$"),
+                   PlainURL] = "http://127.0.0.1:8080"
     """Base URL: ``/api/v1/...`` is appended (a path prefix behind a reverse proxy is kept)."""
     credentials: Credentials | None = None
     """HTTP basic auth (``kairosdb.jetty.basic_auth.user`` on the server)."""
+    allow_credentials_over_http: bool = False
+    """Basic auth over an ``http://`` url sends the password in clear text: refused unless
+    this is true (e.g. KairosDB on the same host or behind a tunnel)."""
     tls: ServerTLS = ServerTLS()
     metric_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9./_-]*$", max_length=100)] = ""
     """E.g. ``vcloud.`` gives ``vcloud.cpu.usage.average``."""
@@ -250,6 +269,14 @@ class KairosDBConfig(Strict):
             raise ValueError("a tag is listed twice")
         return value
 
+    @model_validator(mode="after")
+    def _no_clear_text_password(self) -> KairosDBConfig:
+        if (self.enabled and self.credentials is not None and self.url.startswith("http://")
+                and not self.allow_credentials_over_http):
+            raise ValueError("credentials over an http:// url send the password in clear "
+                             "text: use https, or set kairosdb.allow_credentials_over_http: true")
+        return self
+
     @property
     def ttl_seconds(self) -> int:
         return self.ttl_seconds_override or self.ttl_days * 86400
@@ -266,7 +293,7 @@ class VcdConfig(Strict):
     class Api(Strict):
         """The vCD query service, read as system administrator (``transforms/vcd.py``)."""
 
-        url: Annotated[str, Field(pattern=r"^https://[^/\s]+(/api|/cloudapi)?/?$")]
+        url: Annotated[str, Field(pattern=r"^https://[^/\s]+(/api|/cloudapi)?/?$"), PlainURL]
         """Base URL of the vCD cells (load balancer), e.g. ``https://vcd.example``."""
         credentials: Credentials
         """A provider (System org) user: ``administrator@System``."""
@@ -308,6 +335,13 @@ class VcdConfig(Strict):
 class TelemetryConfig(Strict):
     listen: Annotated[str, Field(pattern=r"^[^:\s]*:\d{1,5}$")] = "127.0.0.1:9274"
 
+    @field_validator("listen")
+    @classmethod
+    def _port_in_range(cls, value: str) -> str:
+        if int(value.rpartition(":")[2]) > 65535:
+            raise ValueError("the port must be between 0 and 65535")
+        return value
+
 
 class HAConfig(Strict):
     """Several instances (one beside each vCD cell) share the vCenters through leases held in
@@ -333,6 +367,9 @@ class Config(Strict):
 
     @model_validator(mode="after")
     def _leases_need_cassandra(self) -> Config:
+        if not self.cassandra.enabled and not self.kairosdb.enabled:
+            raise ValueError("no sink enabled: set cassandra.enabled or kairosdb.enabled "
+                             "to true")
         if self.ha.enabled and not self.cassandra.enabled:
             raise ValueError("ha.enabled needs cassandra.enabled: the leases live there")
         return self
@@ -347,73 +384,14 @@ class Config(Strict):
         return value
 
 
-ENV_PREFIX = "STATSFEEDER_"
+# The loaders need the models above; importing them here keeps ``statsfeeder.config`` the one
+# place callers take configuration from.
+from statsfeeder.config_loading import (  # noqa: E402
+    ENV_PREFIX,
+    load_config,
+    parse_cassandra,
+    parse_config,
+)
 
-
-def _apply_env(raw: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
-    """``STATSFEEDER_CASSANDRA__TTL_DAYS=7`` sets ``cassandra.ttl_days``; values parse as YAML."""
-    for key, text in environ.items():
-        if not key.startswith(ENV_PREFIX) or "__" not in key:
-            continue
-        path = key[len(ENV_PREFIX):].lower().split("__")
-        node: Any = raw
-        for part in path[:-1]:
-            node = node.setdefault(part, {}) if isinstance(node, dict) else None
-            if node is None:
-                raise ConfigError(f"config: environment {key}: {part} is not a section")
-        if isinstance(node, dict):
-            node[path[-1]] = yaml.safe_load(text)
-    return raw
-
-
-def _one_line(exc: ValidationError, prefix: str = "") -> str:
-    error = exc.errors()[0]
-    where = ".".join([prefix, *(str(p) for p in error["loc"])] if prefix else
-                     [str(p) for p in error["loc"]]) or "(top level)"
-    message = error["msg"].removeprefix("Value error, ")
-    got = error.get("input")
-    if error["type"] == "extra_forbidden":
-        return f"config: {where}: unknown key"
-    if error["type"] == "missing":
-        return f"config: {where}: required key missing"
-    shown = "" if isinstance(got, dict | list) or "password" in where else f" (got {got!r})"
-    more = f" [+{len(exc.errors()) - 1} more]" if len(exc.errors()) > 1 else ""
-    return f"config: {where}: {message}{shown}{more}"
-
-
-def parse_config(raw: Any, environ: dict[str, str] | None = None) -> Config:
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError("config: the top level must be a mapping of sections")
-    environ = dict(os.environ if environ is None else environ)
-    raw = _apply_env(raw, environ)
-    try:
-        return Config.model_validate(raw, context={"environ": environ})
-    except ValidationError as exc:
-        raise ConfigError(_one_line(exc)) from None
-
-
-def load_config(path: Path, environ: dict[str, str] | None = None) -> Config:
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"config: cannot read {path}: {exc.strerror}") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError(f"config: {path}{where}: {problem}") from None
-    return parse_config(raw, environ)
-
-
-def parse_cassandra(raw: dict[str, Any], environ: dict[str, str] | None = None
-                    ) -> CassandraConfig:
-    """The cassandra section alone (the schema, query and entities commands)."""
-    try:
-        return CassandraConfig.model_validate(
-            raw, context={"environ": dict(os.environ if environ is None else environ)})
-    except ValidationError as exc:
-        raise ConfigError(_one_line(exc, "cassandra")) from None
+__all__ = ["ENV_PREFIX", "Config", "ConfigError", "load_config", "parse_cassandra",
+           "parse_config"]

@@ -11,6 +11,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from statsfeeder.errors import ConfigError
+
 CYCLE_BUCKETS = (1, 2.5, 5, 10, 20, 30, 60, 120, 180, 240, 300, 600)
 WRITE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -115,6 +117,11 @@ class Telemetry:
             def log_message(self, format: str, *args: Any) -> None:
                 return
 
-        server = ThreadingHTTPServer((host or "0.0.0.0", int(port)), Handler)
+        try:
+            server = ThreadingHTTPServer((host or "0.0.0.0", int(port)), Handler)
+        except OSError as exc:  # in use (a second instance on this host), no such address
+            reason = exc.strerror or str(exc)
+            raise ConfigError(f"config: telemetry.listen: cannot listen on {listen}: "
+                              f"{reason}") from None
         threading.Thread(target=server.serve_forever, name="telemetry", daemon=True).start()
         return server

@@ -57,10 +57,13 @@ def validate(config: Config, offline: bool) -> int:
         try:
             cluster, session = connect(config.cassandra)
             try:
-                schema.check(session, config.cassandra.keyspace)
+                state = schema.check(session, config.cassandra.keyspace)
             finally:
                 cluster.shutdown()
             print(f"cassandra: reachable, keyspace {config.cassandra.keyspace} as expected")
+            mismatch = schema.retention_mismatch(state, config.cassandra)
+            if mismatch:  # a warning: writes follow the table, so nothing is broken
+                print(f"statsfeeder: warning: {mismatch}", file=sys.stderr)
         except StatsfeederError as exc:
             print(f"statsfeeder: {exc}", file=sys.stderr)
             status = 1

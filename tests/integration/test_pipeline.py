@@ -177,9 +177,9 @@ def test_once_tags_series_with_vcd_ids_from_the_api(tmp_path: Path, vcsim_env: d
     entities = run_cli("entities", "-c", str(config), **envs)
     assert entities.returncode == 0, entities.stderr
     listed = entities.stdout.splitlines()
-    stored = {line.split("\t")[4].split("/")[1]: line.split("\t") for line in listed}
+    stored = {line.split("\t")[5].split("/")[1]: line.split("\t") for line in listed}
     assert set(stored) == set(ids)
     for moref, vm_uuid in ids.items():
-        vm_id, name, org, vdc, _ = stored[moref]
-        assert (vm_id, name, org, vdc) == (f"urn:vcloud:vm:{vm_uuid}", f"tenant-{moref}",
-                                           "acme", "gold")
+        vm_id, name, org, vdc, vapp, _ = stored[moref]
+        assert (vm_id, name, org, vdc, vapp) == (f"urn:vcloud:vm:{vm_uuid}", f"tenant-{moref}",
+                                                 "acme", "gold", "web")

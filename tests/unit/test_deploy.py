@@ -3,8 +3,10 @@ rules (slim, non-root, health check) and that the configuration they mount valid
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+import certifi
 import yaml
 from dockerfile_parse import DockerfileParser
 
@@ -42,6 +44,7 @@ def test_compose_file_mounts_what_the_repository_has_and_a_valid_config(tmp_path
     for secret in compose["secrets"]:
         (tmp_path / secret).write_text("s3cret\n")
     text = yaml.safe_dump(raw).replace("/run/secrets/", f"{tmp_path}/")
+    text = text.replace("/etc/statsfeeder/cassandra-ca.pem", certifi.where())  # mounted there
     config = parse_config(yaml.safe_load(text), environ={})
     assert config.cassandra.hosts == ["cassandra"]
     assert config.telemetry.listen.endswith(":9274")
@@ -53,6 +56,7 @@ def test_example_config_validates(tmp_path: Path) -> None:
     text = (ROOT / "config" / "statsfeeder.example.yaml").read_text()
     secret = tmp_path / "pw"
     secret.write_text("x\n")
+    text = re.sub(r"/etc/statsfeeder/[\w-]+-ca\.pem", certifi.where(), text)  # PEM checked
     raw = yaml.safe_load(text.replace("/run/secrets/vc01-password", str(secret)))
     config = parse_config(raw, environ={"CASSANDRA_PASSWORD": "x"})
     assert config.collection.interval_seconds == 300 and config.cassandra.ttl_days == 14

@@ -352,7 +352,8 @@ def test_sink_open_reports_health_and_credentials_in_one_line() -> None:
     def refusing(request: httpx.Request) -> httpx.Response:
         return httpx.Response(204 if request.url.path.endswith("/check") else 401)
 
-    sink = KairosDBSink(config(credentials={"username": "u", "password": "bad"}),
+    sink = KairosDBSink(config(credentials={"username": "u", "password": "bad"},
+                               allow_credentials_over_http=True),
                         sync_transport=httpx.MockTransport(refusing))
     with pytest.raises(SinkUnavailable, match=r"refused the credentials \(HTTP 401\)"):
         sink.open()

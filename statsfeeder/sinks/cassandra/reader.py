@@ -23,6 +23,17 @@ class StoredSeries:
     scale: float
     unit: str
 
+    def shown_values(self) -> list[int] | list[float]:
+        """Values in the unit shown, exactly: ints at scale 1; otherwise divided by the
+        scale's power of ten and rounded to its digits (332 hundredths -> 3.32, not
+        3.3200000000000003), as the KairosDB encoder does."""
+        raw: list[int] = self.values.tolist()
+        if self.scale >= 1 and float(self.scale).is_integer():
+            return [value * int(self.scale) for value in raw]
+        divisor = round(1 / self.scale)
+        digits = len(str(divisor)) - 1
+        return [round(value / divisor, digits) for value in raw]
+
 
 def read_series(session: Any, keyspace: str, vm_id: str, metrics: Sequence[str],
                 since: int, until: int) -> list[StoredSeries]:

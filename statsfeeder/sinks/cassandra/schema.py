@@ -1,16 +1,21 @@
 """The native Cassandra schema: CQL that runs unchanged on 3.11, 4.1 and 5.0, an idempotent
-create, an in-place update (TTL, replication), and the start-up check.
+create, an in-place update of what was asked (TTL, replication; lowering replication only when
+allowed), and the start-up check.
+
+The samples table's default_time_to_live is the retention: writes carry no TTL of their own,
+so ``cassandra.ttl_days`` matters only to ``schema create`` and ``schema update``.
 
 See docs/schema.md for the design and the CQL that reads a VM's series.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from statsfeeder.config import CassandraConfig
-from statsfeeder.errors import SchemaMismatch
+from statsfeeder.config import CassandraConfig, Replication
+from statsfeeder.errors import ConfigError, SchemaMismatch
 
 SCHEMA_VERSION = 1
 
@@ -72,7 +77,7 @@ class SchemaState:
     def describe(self) -> str:
         if not self.exists:
             return "keyspace absent"
-        ttl = "?" if self.ttl_seconds is None else f"{self.ttl_seconds // 86400} days"
+        ttl = "?" if self.ttl_seconds is None else f"{_days(self.ttl_seconds)} days"
         lines = [f"replication: {self.replication}", f"samples TTL: {ttl}",
                  f"schema version: {self.version}"]
         lines += [f"problem: {p}" for p in self.problems]
@@ -132,19 +137,92 @@ def create(session: Any, config: CassandraConfig) -> SchemaState:
     return inspect(session, config.keyspace)
 
 
-def update(session: Any, config: CassandraConfig) -> SchemaState:
-    """Apply TTL and replication in place (new rows get the new TTL; existing keep theirs)."""
+def replicas(replication: Mapping[str, str]) -> dict[str, int]:
+    """Copies per datacenter ("*" for SimpleStrategy) from a keyspace's replication map."""
+    strategy = str(replication.get("class", "")).rsplit(".", 1)[-1]
+    if strategy == "SimpleStrategy":
+        return {"*": int(replication.get("replication_factor", 1))}
+    return {dc: int(rf) for dc, rf in replication.items() if dc != "class"}
+
+
+def wanted_replicas(replication: Replication) -> dict[str, int]:
+    if replication.strategy == "SimpleStrategy":
+        return {"*": replication.replication_factor}
+    return dict(replication.datacenters)
+
+
+def describe_replicas(copies: Mapping[str, int]) -> str:
+    if set(copies) == {"*"}:
+        return f"SimpleStrategy RF {copies['*']}"
+    return "NetworkTopologyStrategy " + ", ".join(f"{dc}:{rf}" for dc, rf in sorted(
+        copies.items()))
+
+
+def lowers(before: Mapping[str, int], after: Mapping[str, int]) -> bool:
+    """Fewer copies anywhere: a datacenter dropped or lowered, or fewer in total."""
+    if sum(after.values()) < sum(before.values()):
+        return True
+    same_kind = ("*" in before) == ("*" in after)
+    return same_kind and any(after.get(dc, 0) < rf for dc, rf in before.items())
+
+
+def update(session: Any, config: CassandraConfig, *, ttl: bool, replication: bool,
+           allow_lower_replication: bool = False) -> tuple[SchemaState, list[str]]:
+    """Change only what was asked (``ttl``: config.ttl_days; ``replication``:
+    config.replication). Returns the new state and one line per change made."""
     state = inspect(session, config.keyspace)
     if not state.exists:
         raise SchemaMismatch(f"schema: keyspace {config.keyspace} does not exist; "
                              "run 'statsfeeder schema create' first")
     if state.problems:
         raise SchemaMismatch(f"schema: {state.problems[0]}")
-    session.execute(f"ALTER KEYSPACE {config.keyspace} WITH replication = "
-                    f"{config.replication.cql()}")
-    session.execute(f"ALTER TABLE {config.keyspace}.samples "
-                    f"WITH default_time_to_live = {config.ttl_days * 86400}")
-    return inspect(session, config.keyspace)
+    notes: list[str] = []
+    if replication:
+        before, after = replicas(state.replication), wanted_replicas(config.replication)
+        change = f"{describe_replicas(before)} -> {describe_replicas(after)}"
+        if before == after:
+            notes.append(f"replication unchanged ({describe_replicas(before)})")
+        elif lowers(before, after) and not allow_lower_replication:
+            raise ConfigError(f"schema update: replication {change} lowers the copies of every "
+                              "sample (a node loss can then lose data); refused without "
+                              "--allow-lower-replication")
+        else:
+            session.execute(f"ALTER KEYSPACE {config.keyspace} WITH replication = "
+                            f"{config.replication.cql()}")
+            notes.append(f"replication {change}: " + (
+                "LOWERED: fewer copies of every sample; run 'nodetool cleanup' on every node "
+                "to free the extra ones" if lowers(before, after) else
+                "run 'nodetool repair -full' on every node so existing rows get their new "
+                "copies"))
+    if ttl:
+        seconds = config.ttl_days * 86400
+        if state.ttl_seconds == seconds:
+            notes.append(f"samples TTL unchanged ({config.ttl_days} days)")
+        else:
+            session.execute(f"ALTER TABLE {config.keyspace}.samples "
+                            f"WITH default_time_to_live = {seconds}")
+            notes.append(f"samples TTL {_days(state.ttl_seconds)} -> {config.ttl_days} days "
+                         "for rows written from now on (running services too); existing rows "
+                         "keep theirs")
+    if not notes:
+        notes.append("nothing to change: give --ttl, --replication-factor or --datacenters "
+                     "(or set ttl_days / replication in the config file)")
+    return inspect(session, config.keyspace), notes
+
+
+def retention_mismatch(state: SchemaState, config: CassandraConfig) -> str | None:
+    """A warning when the config's ttl_days is not the retention writes get (the table's)."""
+    if state.ttl_seconds is None or state.ttl_seconds == config.ttl_days * 86400:
+        return None
+    kept = "forever (no default_time_to_live)" if state.ttl_seconds == 0 else \
+        f"{_days(state.ttl_seconds)} days"
+    return (f"cassandra: retention: the config says ttl_days {config.ttl_days}, but "
+            f"{config.keyspace}.samples keeps rows {kept}, and writes follow the table; "
+            f"'statsfeeder schema update --ttl {config.ttl_days}' applies the config's")
+
+
+def _days(seconds: int | None) -> str:
+    return "?" if seconds is None else f"{seconds / 86400:g}"
 
 
 def check(session: Any, keyspace: str) -> SchemaState:

@@ -1,14 +1,23 @@
 """Cassandra connections: TLS (PEM files, CA and hostname verified), password auth,
-token-aware and DC-aware load balancing. Every failure becomes one clear line."""
+token-aware and DC-aware load balancing. Every failure becomes one clear line.
+
+Host names: the driver connects to IP addresses (it resolves contact points and learns the
+other nodes from system.peers), and would check each certificate against that IP. A node
+configured by name is checked against the name instead, also when the driver later reaches it
+through its peer row; a node known only from system.peers is checked against its IP.
+"""
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 import ssl
 from typing import Any
 
 from cassandra import AuthenticationFailed, ConsistencyLevel, OperationTimedOut
 from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable
+from cassandra.connection import DefaultEndPoint, DefaultEndPointFactory
 from cassandra.policies import (
     DCAwareRoundRobinPolicy,
     ExponentialReconnectionPolicy,
@@ -39,8 +48,69 @@ def ssl_context(config: CassandraConfig) -> ssl.SSLContext | None:
     return context
 
 
+class NamedEndPoint(DefaultEndPoint):  # type: ignore[misc]
+    """A node reached at an IP whose certificate is checked against ``name``. Equal to the
+    driver's own endpoint for that IP, so its metadata keeps one host per node."""
+
+    def __init__(self, name: str, address: str, port: int) -> None:
+        super().__init__(address, port)
+        self._name = name
+
+    @property
+    def ssl_options(self) -> dict[str, str]:
+        return {"server_hostname": self._name}
+
+
+class NamedEndPointFactory(DefaultEndPointFactory):  # type: ignore[misc]
+    """Endpoints for nodes found in system.local/peers: named when their IP is one the
+    configured names resolved to."""
+
+    def __init__(self, names: dict[str, str], port: int) -> None:
+        super().__init__(port)
+        self._names = names
+
+    def create(self, row: Any) -> Any:
+        endpoint = super().create(row)
+        name = self._names.get(endpoint.address)
+        return NamedEndPoint(name, endpoint.address, endpoint.port) if name else endpoint
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def contact_points(config: CassandraConfig) -> tuple[list[Any], dict[str, str]]:
+    """Contact points, and {IP: configured name} for the names whose certificate is checked."""
+    if not (config.tls.enabled and config.tls.check_hostname):
+        return list(config.hosts), {}
+    points: list[Any] = []
+    names: dict[str, str] = {}
+    unresolved = []
+    for host in config.hosts:
+        if _is_ip(host):
+            points.append(host)
+            continue
+        try:
+            found = socket.getaddrinfo(host, config.port, type=socket.SOCK_STREAM)
+        except OSError:
+            unresolved.append(host)
+            continue
+        for address in dict.fromkeys(str(info[4][0]) for info in found):
+            names[address] = host
+            points.append(NamedEndPoint(host, address, config.port))
+    if not points:
+        raise SinkUnavailable(f"cassandra: cannot resolve {', '.join(unresolved)} "
+                              "(cassandra.hosts)")
+    return points, names
+
+
 def connect(config: CassandraConfig, keyspace: str | None = None) -> tuple[Cluster, Any]:
     context = ssl_context(config)
+    points, names = contact_points(config)
     auth = None
     if config.credentials is not None:
         auth = PlainTextAuthProvider(config.credentials.username, config.credentials.secret())
@@ -51,8 +121,8 @@ def connect(config: CassandraConfig, keyspace: str | None = None) -> tuple[Clust
         request_timeout=config.request_timeout_seconds,
     )
     cluster = Cluster(
-        contact_points=config.hosts, port=config.port, auth_provider=auth,
-        ssl_context=context,  # the driver checks each node against its own address
+        contact_points=points, port=config.port, auth_provider=auth, ssl_context=context,
+        endpoint_factory=NamedEndPointFactory(names, config.port) if names else None,
         protocol_version=4, execution_profiles={EXEC_PROFILE_DEFAULT: profile},
         connect_timeout=config.connect_timeout_seconds, control_connection_timeout=
         config.connect_timeout_seconds, reconnection_policy=ExponentialReconnectionPolicy(0.5, 10),
@@ -87,8 +157,9 @@ def _explain(exc: NoHostAvailable, config: CassandraConfig) -> str:
     text = " ".join(str(e) for e in errors)
     lowered = text.lower()
     if "certificate verify failed" in lowered or "certificate_verify_failed" in lowered:
-        hint = "hostname mismatch" if "hostname" in lowered or "ip address" in lowered \
-            else "server certificate not trusted by tls.ca_file"
+        hint = ("the certificate is not issued for the host name or address configured "
+                "(cassandra.hosts; tls.check_hostname)") if "hostname" in lowered or \
+            "ip address" in lowered else "server certificate not trusted by tls.ca_file"
         return f"TLS verification failed at {_where(config)}: {hint}"
     if "authentication" in lowered or "authenticator" in lowered:
         return f"the server at {_where(config)} requires credentials (set cassandra.credentials)"

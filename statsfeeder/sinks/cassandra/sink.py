@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import calendar
+import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -15,6 +16,8 @@ from statsfeeder.model import Counter, Series, VirtualMachine, WriteResult
 from statsfeeder.sinks.cassandra import schema
 from statsfeeder.sinks.cassandra.session import connect
 from statsfeeder.sinks.cassandra.writer import CassandraWriter
+
+log = logging.getLogger(__name__)
 
 WATERMARK_ROWS_PER_BATCH = 100
 
@@ -31,7 +34,10 @@ class CassandraSink:
     def open(self) -> None:
         """Blocking: connect and verify the schema (call from a worker thread)."""
         self._cluster, self._session = connect(self.config)
-        schema.check(self._session, self.config.keyspace)
+        mismatch = schema.retention_mismatch(schema.check(self._session, self.config.keyspace),
+                                             self.config)
+        if mismatch:
+            log.warning("%s", mismatch)
         ks = self.config.keyspace
         self._session.set_keyspace(ks)
         self._writer = CassandraWriter(self._session, self.config)

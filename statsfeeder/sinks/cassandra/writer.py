@@ -41,18 +41,17 @@ class CassandraWriter:
     def __init__(self, session: Any, config: CassandraConfig) -> None:
         self._session = session
         self._config = config
-        self._ttl = config.ttl_days * 86400
+        # No USING TTL: rows take the table's default_time_to_live, the one retention that
+        # `schema update --ttl` changes (for running services too).
         self._insert = session.prepare(
             f"INSERT INTO {config.keyspace}.samples "
-            "(vm_id, day, metric, instance, window_start, data) VALUES (?, ?, ?, ?, ?, ?) "
-            "USING TTL ?")
+            "(vm_id, day, metric, instance, window_start, data) VALUES (?, ?, ?, ?, ?, ?)")
         self._slots = asyncio.Semaphore(config.max_in_flight)
         self.in_flight = 0
 
     def rows(self, series: Iterable[Series]) -> dict[tuple[str, int], list[tuple[Any, ...]]]:
         """Encode series into rows grouped by partition (VM, day)."""
         partitions: dict[tuple[str, int], list[tuple[Any, ...]]] = defaultdict(list)
-        ttl = self._ttl
         for item in series:
             vm = vm_key(item)
             metric, instance = item.counter.name, item.instance
@@ -60,7 +59,7 @@ class CassandraWriter:
                 day = start // 86400
                 partitions[(vm, day)].append(
                     (vm, day, metric, instance, start * 1000,
-                     encode_window(start, stamps, values), ttl))
+                     encode_window(start, stamps, values)))
         return partitions
 
     async def write(self, series: list[Series]) -> WriteResult:
