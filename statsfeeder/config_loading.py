@@ -40,6 +40,12 @@ def _apply_env(raw: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
             if isinstance(node, dict):
                 if last:
                     node[part] = value
+                elif part not in node and path[depth + 1].isdigit():
+                    name = ".".join(path[:depth + 1])
+                    raise ConfigError(f"config: environment {key}: {name} is not in the file, "
+                                      "so it has no entries to index; override the whole list "
+                                      f"(STATSFEEDER_{'__'.join(path[:depth + 1]).upper()}="
+                                      "'[...]')")
                 else:
                     node = node.setdefault(part, {})
             elif isinstance(node, list):
@@ -64,8 +70,10 @@ def _shown(where: str, got: Any) -> str:
 
 def _one_line(exc: ValidationError, prefix: str = "") -> str:
     error = exc.errors()[0]
-    where = ".".join([prefix, *(str(p) for p in error["loc"])] if prefix else
-                     [str(p) for p in error["loc"]]) or "(top level)"
+    loc = [str(p) for p in error["loc"]]
+    if loc[-1:] == ["[key]"]:  # a mapping's key at fault: name the mapping, show the key
+        loc = loc[:-2]
+    where = ".".join([prefix, *loc] if prefix else loc) or "(top level)"
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
         return f"config: {where}: unknown key"

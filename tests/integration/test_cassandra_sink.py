@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import time
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from statsfeeder.errors import ConfigError, SchemaMismatch, SinkUnavailable
 from statsfeeder.model import Counter, EntityId, Series
@@ -162,3 +166,141 @@ def test_client_certificate_is_presented_when_configured(cassandra_env: dict[str
         "client_key_file": str(certs["ca"])})  # not the certificate's key
     with pytest.raises(ConfigError, match=r"cassandra\.tls\.client_cert_file/client_key_file"):
         connect(missing_key)
+
+
+# --- admin commands change only what was asked; one retention; names; exact values ---------
+
+def replication_of(cassandra_env: dict[str, str], ks: str) -> dict[str, str]:
+    cluster, session = connect(cassandra_config(cassandra_env))
+    try:
+        [row] = session.execute("SELECT replication FROM system_schema.keyspaces "
+                                "WHERE keyspace_name = %s", (ks,))
+        return {k: v for k, v in row.replication.items() if k != "class"}
+    finally:
+        cluster.shutdown()
+
+
+def test_schema_update_never_lowers_replication_unasked(cassandra_env: dict[str, str],
+                                                       tmp_path: Path) -> None:
+    """An RF 3 keyspace on the single test node: read and written at ONE (set in the file,
+    which says nothing of ttl_days or replication); the rest are vCD-style options."""
+    ks = keyspace()
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({
+        "vcenters": [{"name": "vc", "url": "https://vc.example",
+                      "credentials": {"username": "u", "password": "p"}}],
+        "cassandra": {"hosts": [cassandra_env["CASSANDRA_HOSTS"]], "consistency": "ONE",
+                      "credentials": {"username": cassandra_env["CASSANDRA_USERNAME"],
+                                      "password_env": "CASSANDRA_PASSWORD"}}}))
+
+    def schema_cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return cli("schema", *args, "-c", str(path), "--keyspace", ks, env=cassandra_env)
+
+    created = schema_cli("create", "--replication-factor", "3")
+    assert created.returncode == 0, created.stderr
+    try:
+        ttl_only = schema_cli("update", "--ttl", "7")
+        assert ttl_only.returncode == 0, ttl_only.stderr
+        assert f"schema: {ks}: samples TTL 14 -> 7 days" in ttl_only.stdout
+        assert replication_of(cassandra_env, ks) == {"replication_factor": "3"}
+
+        lower = schema_cli("update", "--replication-factor", "1")
+        assert lower.returncode == 2 and "Traceback" not in lower.stderr
+        assert lower.stderr.strip() == (
+            "statsfeeder: schema update: replication SimpleStrategy RF 3 -> SimpleStrategy RF 1 "
+            "lowers the copies of every sample (a node loss can then lose data); refused "
+            "without --allow-lower-replication")
+        assert replication_of(cassandra_env, ks) == {"replication_factor": "3"}
+
+        allowed = schema_cli("update", "--replication-factor", "1", "--allow-lower-replication")
+        assert allowed.returncode == 0, allowed.stderr
+        assert "LOWERED" in allowed.stdout and "nodetool cleanup" in allowed.stdout
+        assert replication_of(cassandra_env, ks) == {"replication_factor": "1"}
+
+        raised = schema_cli("update", "--replication-factor", "2")
+        assert raised.returncode == 0 and "nodetool repair -full" in raised.stdout
+        assert replication_of(cassandra_env, ks) == {"replication_factor": "2"}
+        nothing = schema_cli("update")
+        assert nothing.returncode == 0 and "nothing to change" in nothing.stdout
+        assert replication_of(cassandra_env, ks) == {"replication_factor": "2"}
+    finally:
+        cluster, session = connect(cassandra_config(cassandra_env))
+        session.execute(f"DROP KEYSPACE IF EXISTS {ks}")
+        cluster.shutdown()
+
+
+async def test_writes_follow_the_tables_retention_and_a_mismatch_is_said(
+        cassandra_env: dict[str, str], caplog: pytest.LogCaptureFixture) -> None:
+    ks = keyspace()
+    assert cli("schema", "create", "--keyspace", ks, "--ttl", "2",
+               env=cassandra_env).returncode == 0
+    assert cli("schema", "update", "--keyspace", ks, "--ttl", "7",
+               env=cassandra_env).returncode == 0
+    sink = CassandraSink(cassandra_config(cassandra_env, keyspace=ks, ttl_days=2))
+    with caplog.at_level("WARNING"):
+        sink.open()
+    try:
+        [warning] = [r.getMessage() for r in caplog.records if "retention" in r.getMessage()]
+        assert "ttl_days 2" in warning and "keeps rows 7 days" in warning
+        vm = f"urn:vcloud:vm:{uuid.uuid4()}"
+        await sink.write([series(vm, CPU, [NOW - 300 + 20 * i for i in range(1, 16)],
+                                 list(range(15)))])
+        [row] = sink.session.execute(f"SELECT ttl(data) AS ttl FROM {ks}.samples")
+        assert 7 * 86400 - 120 < row.ttl <= 7 * 86400  # the table's, not the config's 2 days
+    finally:
+        sink.session.execute(f"DROP KEYSPACE IF EXISTS {ks}")
+        sink.close()
+
+
+def test_certificate_checked_against_the_configured_name(
+        cassandra_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test certificate names IP:127.0.0.1 and DNS:localhost. ``cassandra.example`` is
+    made to resolve to 127.0.0.1 in this process (an /etc/hosts entry would do the same):
+    resolving it to an address the certificate holds must not be enough."""
+    import socket
+
+    real = socket.getaddrinfo
+
+    def resolve(host: str, *args: object, **kwargs: object) -> object:
+        return real("127.0.0.1" if host == "cassandra.example" else host, *args, **kwargs)
+
+    by_name = cassandra_config(cassandra_env, hosts=["localhost"], connect_timeout_seconds=5)
+    cluster, session = connect(by_name)
+    try:
+        [host] = cluster.metadata.all_hosts()
+        assert host.endpoint.ssl_options == {"server_hostname": "localhost"}
+        assert list(session.execute("SELECT release_version FROM system.local"))
+    finally:
+        cluster.shutdown()
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    other = cassandra_config(cassandra_env, hosts=["cassandra.example"],
+                             connect_timeout_seconds=5)
+    with pytest.raises(SinkUnavailable) as info:
+        connect(other)
+    assert str(info.value) == (
+        f"cassandra: TLS verification failed at cassandra.example:{cassandra_env['CASSANDRA_PORT']}"
+        ": the certificate is not issued for the host name or address configured "
+        "(cassandra.hosts; tls.check_hostname)")
+
+
+async def test_query_prints_every_value_exactly(sink: CassandraSink,
+                                                cassandra_env: dict[str, str]) -> None:
+    kb = Counter("mem.consumed.average", 98, "kiloBytes")
+    vm = f"urn:vcloud:vm:{uuid.uuid4()}"
+    stamps = [NOW - 300 + 20 * i for i in range(1, 4)]
+    await sink.write([series(vm, kb, stamps, [16777216, 123456789012, 7]),
+                      series(vm, CPU, stamps, [332, 4980, 10000])])
+    sink.record_counters([kb, CPU])
+    since = f"{(int(time.time()) - NOW) // 86400 + 2}d"
+
+    def query(form: str) -> str:
+        done = cli("query", "--keyspace", sink.config.keyspace, "--vm", vm, "--metric", kb.name,
+                   "--metric", CPU.name, "--since", since, "--format", form, env=cassandra_env)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    csv_values = [line.split(",")[3] for line in query("csv").splitlines()[1:]]
+    assert csv_values == ["3.32", "49.8", "100.0", "16777216", "123456789012", "7"]
+    assert [row["value"] for row in json.loads(query("json"))] == [
+        3.32, 49.8, 100.0, 16777216, 123456789012, 7]
+    assert "\"value\": 3.32," in query("json") and "16777216 kiloBytes" in query("table")

@@ -109,3 +109,17 @@ def test_vcd_api_login_and_which_vcenters_it_knows(
         [line] = refused.stderr.strip().splitlines()
         assert "login refused for user 'administrator@System'" in line
         assert "not-the-vcd-one" not in refused.stdout + refused.stderr
+
+
+def test_retention_mismatch_is_a_warning_naming_both(config_file: Path, vcsim_env: Env,
+                                                     cassandra_env: Env) -> None:
+    raw = yaml.safe_load(config_file.read_text())
+    raw["cassandra"]["ttl_days"] = 2  # the keyspace was created with the default 14
+    config_file.write_text(yaml.safe_dump(raw))
+    done = validate(config_file, env_of(vcsim_env, cassandra_env))
+    assert done.returncode == 0, done.stderr
+    [warning] = done.stderr.strip().splitlines()
+    keyspace = raw["cassandra"]["keyspace"]
+    assert warning == (f"statsfeeder: warning: cassandra: retention: the config says ttl_days 2, "
+                       f"but {keyspace}.samples keeps rows 14 days, and writes follow the table; "
+                       "'statsfeeder schema update --ttl 2' applies the config's")
