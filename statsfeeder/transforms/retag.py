@@ -1,8 +1,8 @@
 """Tags every series with its VM's vCloud Director identity instead of the vCenter moref.
 
 Resolvers say which ``EntityId`` a VM has; a VM they do not know is either kept under a
-vCenter-based id (``urn:vcenter:<vcenter>:vm:<instanceUuid>``) or skipped, by configuration,
-and counted by reason either way: never dropped silently.
+vCenter-based id (``urn:vcenter:<vCenter instanceUuid>:vm:<VM instanceUuid>``) or skipped, by
+configuration, and counted by reason either way: never dropped silently.
 """
 
 from __future__ import annotations
@@ -89,7 +89,11 @@ class NameHeuristicResolver:
 
 
 def vcenter_based_id(vm: VirtualMachine) -> EntityId:
-    return EntityId(f"urn:vcenter:{vm.vcenter}:vm:{vm.instance_uuid or vm.moref}", vm.name)
+    """Only what vCenter says goes into the id, so renaming the vCenter's entry in the
+    configuration keeps its VMs' history. A server without ``about.instanceUuid`` (an ESXi
+    host) falls back to the configured name, a VM without an instance UUID to its moref."""
+    vcenter = vm.vcenter_uuid or vm.vcenter
+    return EntityId(f"urn:vcenter:{vcenter}:vm:{vm.instance_uuid or vm.moref}", vm.name)
 
 
 class Retagger:

@@ -185,3 +185,23 @@ async def test_chunk_over_the_server_limit_is_halved_never_dropped() -> None:
     finally:
         source.client.close()
         vcsim.stop_instance("vcsim-limited")
+
+
+async def test_unmapped_ids_depend_on_vcenter_not_on_the_configured_name(
+        vcsim_env: dict[str, str]) -> None:
+    """Renaming a vCenter's entry in the configuration must not split its VMs' history."""
+    from statsfeeder.transforms.retag import Retagger
+
+    old, new = await started(vcsim_env, "dc-east"), await started(vcsim_env, "east-renamed")
+    try:
+        about = old.client.connect().RetrieveContent().about.instanceUuid
+        assert about and set(old.vms) == set(new.vms)
+        retagger = Retagger([], unmapped="keep")
+        for moref, vm in old.vms.items():
+            before, after = retagger.entity(vm), retagger.entity(new.vms[moref])
+            assert before == after
+            assert before is not None
+            assert before.vm == f"urn:vcenter:{about}:vm:{vm.instance_uuid}"
+    finally:
+        old.client.close()
+        new.client.close()
