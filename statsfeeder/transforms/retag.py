@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import re
 from collections import Counter as Tally
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -108,6 +108,18 @@ class Retagger:
             if found is not None:
                 return found
         return vcenter_based_id(vm) if self._unmapped == "keep" else None
+
+    def collectable(self, vms: Sequence[VirtualMachine]) -> tuple[list[str], dict[str, int]]:
+        """The morefs worth asking vCenter for, and the VMs left out by reason. With
+        ``unmapped: skip`` a VM no resolver knows would be queried for a whole window and then
+        thrown away: it is not asked at all (counted in ``skipped``). Asked each cycle, so a VM
+        a resolver learns about later is collected from the next cycle on."""
+        if self._unmapped == "keep":
+            return [vm.moref for vm in vms], {}
+        wanted = [vm.moref for vm in vms if self.entity(vm) is not None]
+        left_out = {"not_vcd_managed": len(vms) - len(wanted)} if len(vms) > len(wanted) else {}
+        self.skipped.update(left_out)
+        return wanted, left_out
 
     def apply(self, batch: SeriesBatch, vms: Mapping[str, VirtualMachine]) -> None:
         kept = []

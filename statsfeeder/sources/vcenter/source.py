@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,12 +110,15 @@ class VCenterSource:
         return int(moment.timestamp())
 
     # -- collection ---------------------------------------------------------------------
-    def plan(self, watermarks: Mapping[str, int], now: int) -> list[Chunk]:
+    def plan(self, watermarks: Mapping[str, int], now: int,
+             morefs: Sequence[str] | None = None) -> list[Chunk]:
+        """Chunks for ``morefs`` (default: every powered-on VM)."""
         # Ending on the 20-s grid asks a real vCenter for nothing different, and makes
         # vcsim (which stamps samples endTime - k·20 s) answer on the grid too.
         end = now - now % REALTIME_INTERVAL
         return list(plan_chunks(
-            self.powered_on(), watermarks, end, self.counters, budget=self.query_budget,
+            self.powered_on() if morefs is None else morefs, watermarks, end, self.counters,
+            budget=self.query_budget,
             overlap=self.collection.overlap_seconds, initial=self.collection.interval_seconds,
             max_lookback=self.collection.max_lookback_seconds))
 
