@@ -205,3 +205,21 @@ async def test_unmapped_ids_depend_on_vcenter_not_on_the_configured_name(
     finally:
         old.client.close()
         new.client.close()
+
+
+async def test_probe_reads_one_page_of_a_large_inventory() -> None:
+    """validate's probe stops at the first page holding a powered-on VM (vcsim cannot cancel
+    the rest, a real vCenter can: either way the probe answers)."""
+    from statsfeeder.sources.vcenter.probe import PAGE, probe
+
+    env = vcsim.start_instance("vcsim-probe", 18972, vms=60, clusters=2)
+    source = VCenterSource(vcenter_config(env, "probe"), collection_config(metrics=METRICS))
+    try:
+        checked = await asyncio.to_thread(probe, source.client, source.collection)
+        assert checked.problems == []
+        [note] = checked.notes
+        assert "3 of 3 metrics known; QueryPerf allowed" in note
+        assert PAGE < 120  # more VMs than one page
+    finally:
+        source.client.close()
+        vcsim.stop_instance("vcsim-probe")

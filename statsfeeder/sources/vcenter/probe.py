@@ -12,6 +12,7 @@ object, and that is what is reported.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,8 +58,9 @@ def first_powered_on(content: Any) -> str | None:
                 props = {p.name: p.val for p in item.propSet or ()}
                 if props.get("runtime.powerState") == "poweredOn" and \
                         not props.get("config.template"):
-                    if page.token:
-                        collector.CancelRetrievePropertiesEx(page.token)
+                    if page.token:  # free the server's result set; vcsim lacks the method
+                        with contextlib.suppress(vmodl.MethodFault):
+                            collector.CancelRetrievePropertiesEx(page.token)
                     return str(item.obj._moId)
             page = collector.ContinueRetrievePropertiesEx(page.token) if page.token else None
         return None
