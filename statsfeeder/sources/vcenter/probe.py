@@ -93,7 +93,7 @@ def probe(client: VCenterClient, collection: CollectionConfig) -> ProbeReport:
                                 "sees none)")
             return report
         counter = dataclasses.replace(catalog.counters[0], per_instance=False)
-        now = int(si.CurrentTime().timestamp())
+        now = int(client.current_time().timestamp())
         end = now - now % REALTIME_INTERVAL
         chunk = Chunk((VmWindow(moref, end - WINDOW),), end)
         raw = client.soap(query_perf_body(perf._moId, chunk, [counter], collection.format))
