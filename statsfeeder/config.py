@@ -328,8 +328,8 @@ class VcdConfig(Strict):
     """Heuristic: a VM named ``<name> (<uuid>)`` in vCenter (how vCD names the VMs it
     creates) gets ``urn:vcloud:vm:<uuid>``. Off by default: names can be edited."""
     unmapped: Literal["keep", "skip"] = "keep"
-    """VMs with no vCD id: keep them under urn:vcenter:<vcenter>:vm:<instanceUuid>, or skip
-    them (counted in statsfeeder_samples_dropped_total{reason="not_vcd_managed"})."""
+    """VMs with no vCD id: keep them under urn:vcenter:<vCenter uuid>:vm:<instanceUuid>, or
+    skip them: not queried at all, counted in statsfeeder_vms{state="skipped"}."""
 
 
 class TelemetryConfig(Strict):

@@ -6,6 +6,7 @@
     │   ├── VCenterUnavailable     connect/read failure or timeout (retriable)
     │   ├── NotAuthenticated       session expired: log in again, retry the chunk (retriable)
     │   ├── QueryTooLarge          server limit on metrics per query: halve the chunk (retriable)
+    │   ├── PermissionDenied       NoPermission: the user lacks a privilege (not retriable)
     │   └── ResponseParseError     malformed QueryPerf answer (retriable: ask again)
     └── SinkError              storage side
         ├── SinkUnavailable        node down, timeout (retriable)
@@ -38,6 +39,10 @@ class NotAuthenticated(SourceError):
 
 class QueryTooLarge(SourceError):
     pass
+
+
+class PermissionDenied(SourceError):
+    retriable = False
 
 
 class ResponseParseError(SourceError):

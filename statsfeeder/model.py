@@ -52,6 +52,9 @@ class VirtualMachine:
     bios_uuid: str
     powered_on: bool
     entity: EntityId | None = None
+    vcenter_uuid: str = ""
+    """The vCenter's own ``about.instanceUuid``: unlike ``vcenter`` (a name in the
+    configuration) it survives renaming the configuration entry."""
 
 
 @dataclass(slots=True)

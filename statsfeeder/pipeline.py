@@ -56,6 +56,7 @@ class CycleReport:
     written: dict[str, int] = field(default_factory=dict)
     sink_failures: dict[str, int] = field(default_factory=dict)
     dropped: dict[str, int] = field(default_factory=dict)
+    skipped_vms: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
 
     @property
@@ -69,7 +70,13 @@ class CycleReport:
         return (f"vCenter {self.vcenter}: {self.vms_queried} VMs in {self.chunks} chunks "
                 f"({self.chunks_failed} failed), samples expected {self.expected}, collected "
                 f"{self.collected}, stored: {stored or 'none'} ({failed} sink failures), "
-                f"dropped: {dropped}; {self.seconds:.1f} s")
+                f"dropped: {dropped}{_skipped(self.skipped_vms)}; {self.seconds:.1f} s")
+
+
+def _skipped(vms: Mapping[str, int]) -> str:
+    """VMs not even asked for (``vcd.unmapped: skip``), by reason."""
+    listed = ", ".join(f"{k}={v}" for k, v in sorted(vms.items()) if v)
+    return f", VMs not queried: {listed}" if listed else ""
 
 
 def watermark_candidates(series: list[Series]) -> dict[str, int]:
@@ -121,8 +128,10 @@ class Pipeline:
         on = source.powered_on()
         t.vms.labels(name, "powered_on").set(len(on))
         t.vms.labels(name, "other").set(len(source.vms) - len(on))
+        wanted, report.skipped_vms = self.retagger.collectable([source.vms[m] for m in on])
+        t.vms.labels(name, "skipped").set(len(on) - len(wanted))
         now = await source.vcenter_now()
-        chunks = source.plan(self.query_marks(), now)
+        chunks = source.plan(self.query_marks(), now, wanted)
         report.vms_queried = sum(len(c.vms) for c in chunks)
         queues: dict[str, asyncio.Queue[list[Series] | None]] = {
             sink.name: asyncio.Queue(maxsize=self.buffer_chunks) for sink in self.sinks}
@@ -151,7 +160,7 @@ class Pipeline:
         if report.ok:
             t.cycle_last_success.labels(name).set(time.time())
         marks = self.query_marks()
-        behind = [marks.get(moref) for moref in on]
+        behind = [marks.get(moref) for moref in wanted]
         if behind and None not in behind:
             t.watermark_lag.labels(name).set(now - min(m for m in behind if m is not None))
         return report

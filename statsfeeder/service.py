@@ -110,6 +110,9 @@ async def run_once(config: Config) -> int:
         for pipeline in service.pipelines:
             try:
                 await service.start_pipeline(pipeline)
+                for problem in pipeline.source.counter_problems:  # the others are collected
+                    print(f"statsfeeder: {problem}", file=sys.stderr)
+                    status = 1
                 report = await pipeline.run_cycle()
             except StatsfeederError as exc:
                 print(f"statsfeeder: {exc}", file=sys.stderr)

@@ -39,6 +39,7 @@ def validate(config: Config, offline: bool) -> int:
         return 0
     from statsfeeder.sinks.cassandra import schema
     from statsfeeder.sinks.cassandra.session import connect
+    from statsfeeder.sources.vcenter.probe import probe
     from statsfeeder.sources.vcenter.source import VCenterSource
 
     status = 0
@@ -48,6 +49,12 @@ def validate(config: Config, offline: bool) -> int:
             source.client.connect()
             source.client.current_time()
             print(f"vCenter {vc.name}: reachable, logged in")
+            checked = probe(source.client, config.collection)  # counters, one QueryPerf
+            for note in checked.notes:
+                print(note)
+            for problem in checked.problems:
+                print(f"statsfeeder: {problem}", file=sys.stderr)
+                status = 1
         except StatsfeederError as exc:
             print(f"statsfeeder: {exc}", file=sys.stderr)
             status = 1

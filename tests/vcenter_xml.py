@@ -57,3 +57,23 @@ def fault(detail_type: str, text: str) -> bytes:
         f"<faultcode>ServerFaultCode</faultcode><faultstring>{text}</faultstring><detail>"
         f'<{detail_type}Fault xmlns="urn:vim25" xsi:type="{detail_type}"></{detail_type}Fault>'
         "</detail></soapenv:Fault></soapenv:Body></soapenv:Envelope>").encode()
+
+
+def no_permission(object_type: str, moref: str, privilege: str) -> bytes:
+    """vCenter's answer (HTTP 500) to a call the user lacks ``privilege`` for on the object: a
+    NoPermission fault with ``object``, ``privilegeId`` and (vSphere 7.0+)
+    ``missingPrivileges``."""
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope '
+        'xmlns:soapenc="http://schemas.xmlsoap.org/soap/encoding/" '
+        'xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" '
+        'xmlns:xsd="http://www.w3.org/2001/XMLSchema" '
+        'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><soapenv:Body><soapenv:Fault>'
+        "<faultcode>ServerFaultCode</faultcode>"
+        "<faultstring>Permission to perform this operation was denied.</faultstring><detail>"
+        '<NoPermissionFault xmlns="urn:vim25" xsi:type="NoPermission">'
+        f'<object type="{object_type}">{moref}</object><privilegeId>{privilege}</privilegeId>'
+        f'<missingPrivileges><entity type="{object_type}">{moref}</entity>'
+        f"<privileges>{privilege}</privileges></missingPrivileges>"
+        "</NoPermissionFault></detail></soapenv:Fault></soapenv:Body></soapenv:Envelope>"
+    ).encode()

@@ -1,8 +1,8 @@
 """Tags every series with its VM's vCloud Director identity instead of the vCenter moref.
 
 Resolvers say which ``EntityId`` a VM has; a VM they do not know is either kept under a
-vCenter-based id (``urn:vcenter:<vcenter>:vm:<instanceUuid>``) or skipped, by configuration,
-and counted by reason either way: never dropped silently.
+vCenter-based id (``urn:vcenter:<vCenter instanceUuid>:vm:<VM instanceUuid>``) or skipped, by
+configuration, and counted by reason either way: never dropped silently.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import re
 from collections import Counter as Tally
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -89,7 +89,11 @@ class NameHeuristicResolver:
 
 
 def vcenter_based_id(vm: VirtualMachine) -> EntityId:
-    return EntityId(f"urn:vcenter:{vm.vcenter}:vm:{vm.instance_uuid or vm.moref}", vm.name)
+    """Only what vCenter says goes into the id, so renaming the vCenter's entry in the
+    configuration keeps its VMs' history. A server without ``about.instanceUuid`` (an ESXi
+    host) falls back to the configured name, a VM without an instance UUID to its moref."""
+    vcenter = vm.vcenter_uuid or vm.vcenter
+    return EntityId(f"urn:vcenter:{vcenter}:vm:{vm.instance_uuid or vm.moref}", vm.name)
 
 
 class Retagger:
@@ -104,6 +108,18 @@ class Retagger:
             if found is not None:
                 return found
         return vcenter_based_id(vm) if self._unmapped == "keep" else None
+
+    def collectable(self, vms: Sequence[VirtualMachine]) -> tuple[list[str], dict[str, int]]:
+        """The morefs worth asking vCenter for, and the VMs left out by reason. With
+        ``unmapped: skip`` a VM no resolver knows would be queried for a whole window and then
+        thrown away: it is not asked at all (counted in ``skipped``). Asked each cycle, so a VM
+        a resolver learns about later is collected from the next cycle on."""
+        if self._unmapped == "keep":
+            return [vm.moref for vm in vms], {}
+        wanted = [vm.moref for vm in vms if self.entity(vm) is not None]
+        left_out = {"not_vcd_managed": len(vms) - len(wanted)} if len(vms) > len(wanted) else {}
+        self.skipped.update(left_out)
+        return wanted, left_out
 
     def apply(self, batch: SeriesBatch, vms: Mapping[str, VirtualMachine]) -> None:
         kept = []

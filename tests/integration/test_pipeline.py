@@ -68,7 +68,8 @@ def test_once_stores_every_powered_on_vm(tmp_path: Path, vcsim_env: dict[str, st
     assert "(0 failed)" in done.stdout and "dropped: none" in done.stdout
     listed = run_cli("entities", "-c", str(config), **envs)
     vms = [line.split("\t") for line in listed.stdout.splitlines()]
-    assert vms and all(vm[0].startswith("urn:vcenter:vcsim:vm:") for vm in vms)
+    assert vms and all(vm[0].startswith("urn:vcenter:") for vm in vms)
+    assert not any(vm[0].startswith("urn:vcenter:vcsim:") for vm in vms)  # vCenter's uuid
     shown = run_cli("query", "-c", str(config), "--vm", vms[0][0], "--metric",
                     "cpu.usage.average", "--since", "15m", "--format", "csv", **envs)
     assert shown.returncode == 0, shown.stderr

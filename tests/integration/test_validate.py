@@ -3,6 +3,7 @@ API double, KairosDB), each problem one line, secrets never shown."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import uuid
@@ -123,3 +124,71 @@ def test_retention_mismatch_is_a_warning_naming_both(config_file: Path, vcsim_en
     assert warning == (f"statsfeeder: warning: cassandra: retention: the config says ttl_days 2, "
                        f"but {keyspace}.samples keeps rows 14 days, and writes follow the table; "
                        "'statsfeeder schema update --ttl 2' applies the config's")
+
+
+def test_user_who_may_not_read_performance_data_is_named(
+        config_file: Path, vcsim_env: Env, cassandra_env: Env) -> None:
+    """vcsim behind a double that answers QueryPerf as vCenter does for a user without
+    System.Read on the VMs: login, CurrentTime, inventory and counters all succeed."""
+    from tests.no_permission_vcenter import NoPermissionVCenter
+
+    with NoPermissionVCenter(vcsim_env["VCSIM_URL"]) as restricted:
+        raw = yaml.safe_load(config_file.read_text())
+        raw["vcenters"][0]["url"] = restricted.url
+        config_file.write_text(yaml.safe_dump(raw))
+        done = validate(config_file, env_of(vcsim_env, cassandra_env))
+        assert restricted.refused, "validate never tried a QueryPerf"
+        once = subprocess.run([sys.executable, "-m", "statsfeeder", "once", "-c",
+                               str(config_file)], env=env_of(vcsim_env, cassandra_env),
+                              capture_output=True, text=True, timeout=120, check=False)
+    assert once.returncode == 1
+    assert "missing privilege System.Read on VirtualMachine" in once.stderr, once.stderr
+    assert done.returncode == 1
+    assert "vCenter vcsim: reachable, logged in" in done.stdout
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith(f"statsfeeder: vCenter vcsim: user '{vcsim_env['VCSIM_USERNAME']}' "
+                           "may not read performance data: ")
+    assert f"missing privilege System.Read on VirtualMachine {restricted.refused[0]}" in line
+    assert vcsim_env["VCSIM_PASSWORD"] not in done.stdout + done.stderr
+
+
+def test_query_perf_is_tried_and_answers(config_file: Path, vcsim_env: Env,
+                                         cassandra_env: Env) -> None:
+    done = validate(config_file, env_of(vcsim_env, cassandra_env))
+    assert done.returncode == 0, done.stderr
+    [line] = [x for x in done.stdout.splitlines() if "QueryPerf" in x]
+    assert re.fullmatch(r"vCenter vcsim: 3 of 3 metrics known; QueryPerf allowed \(\d+ samples "
+                        r"of cpu\.usage\.average for vm-\d+\)", line), line
+
+
+def test_counter_vcenter_does_not_have_is_named_with_the_nearest(
+        config_file: Path, vcsim_env: Env, cassandra_env: Env) -> None:
+    edit(config_file, {"collection": {"metrics": ["cpu.usagee.average", "mem.usage.average",
+                                                  "zzz.nothing.average"]}})
+    env = env_of(vcsim_env, cassandra_env)
+    done = validate(config_file, env)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "statsfeeder: collection.metrics: vCenter vcsim has no counter cpu.usagee.average "
+        "(did you mean cpu.usage.average?)",
+        "statsfeeder: collection.metrics: vCenter vcsim has no counter zzz.nothing.average "
+        "(no similar name)"]
+    assert "1 of 3 metrics known; QueryPerf allowed" in done.stdout  # the one it has is read
+
+    once = subprocess.run([sys.executable, "-m", "statsfeeder", "once", "-c", str(config_file)],
+                          env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert once.returncode == 1, once.stdout + once.stderr
+    assert ("statsfeeder: collection.metrics: vCenter vcsim has no counter cpu.usagee.average "
+            "(did you mean cpu.usage.average?)") in once.stderr.splitlines()
+    assert "(0 failed)" in once.stdout  # the metrics it has are still collected
+
+
+def test_no_known_counter_queries_nothing(config_file: Path, vcsim_env: Env,
+                                          cassandra_env: Env) -> None:
+    """A QueryPerf without metricId makes a real vCenter return every metric it has."""
+    edit(config_file, {"collection": {"metrics": ["cpu.usagee.average"]}})
+    once = subprocess.run([sys.executable, "-m", "statsfeeder", "once", "-c", str(config_file)],
+                          env=env_of(vcsim_env, cassandra_env), capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert once.returncode == 1
+    assert "vCenter vcsim: 0 VMs in 0 chunks" in once.stdout, once.stdout + once.stderr

@@ -243,7 +243,8 @@ def test_vcd_down_at_start_vms_follow_the_unmapped_policy(world: World, unmapped
         Retagger([resolver], unmapped=unmapped).apply(batch, vms)  # type: ignore[arg-type]
         if unmapped == "keep":
             assert [s.entity.vm for s in batch.series] == [  # type: ignore[union-attr]
-                f"urn:vcenter:vc1:vm:{vms[s.moref].instance_uuid}" for s in batch.series]
+                f"urn:vcenter:{vms[s.moref].vcenter_uuid}:vm:{vms[s.moref].instance_uuid}"
+                for s in batch.series]
         else:
             assert not batch.series and batch.dropped == {"not_vcd_managed": 12}
         # Retries are spaced by early_refresh_seconds and never raise.

@@ -185,3 +185,41 @@ async def test_chunk_over_the_server_limit_is_halved_never_dropped() -> None:
     finally:
         source.client.close()
         vcsim.stop_instance("vcsim-limited")
+
+
+async def test_unmapped_ids_depend_on_vcenter_not_on_the_configured_name(
+        vcsim_env: dict[str, str]) -> None:
+    """Renaming a vCenter's entry in the configuration must not split its VMs' history."""
+    from statsfeeder.transforms.retag import Retagger
+
+    old, new = await started(vcsim_env, "dc-east"), await started(vcsim_env, "east-renamed")
+    try:
+        about = old.client.connect().RetrieveContent().about.instanceUuid
+        assert about and set(old.vms) == set(new.vms)
+        retagger = Retagger([], unmapped="keep")
+        for moref, vm in old.vms.items():
+            before, after = retagger.entity(vm), retagger.entity(new.vms[moref])
+            assert before == after
+            assert before is not None
+            assert before.vm == f"urn:vcenter:{about}:vm:{vm.instance_uuid}"
+    finally:
+        old.client.close()
+        new.client.close()
+
+
+async def test_probe_reads_one_page_of_a_large_inventory() -> None:
+    """validate's probe stops at the first page holding a powered-on VM (vcsim cannot cancel
+    the rest, a real vCenter can: either way the probe answers)."""
+    from statsfeeder.sources.vcenter.probe import PAGE, probe
+
+    env = vcsim.start_instance("vcsim-probe", 18972, vms=60, clusters=2)
+    source = VCenterSource(vcenter_config(env, "probe"), collection_config(metrics=METRICS))
+    try:
+        checked = await asyncio.to_thread(probe, source.client, source.collection)
+        assert checked.problems == []
+        [note] = checked.notes
+        assert "3 of 3 metrics known; QueryPerf allowed" in note
+        assert PAGE < 120  # more VMs than one page
+    finally:
+        source.client.close()
+        vcsim.stop_instance("vcsim-probe")

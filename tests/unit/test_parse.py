@@ -8,10 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from statsfeeder.errors import NotAuthenticated, QueryTooLarge, ResponseParseError
+from statsfeeder.errors import (
+    NotAuthenticated,
+    PermissionDenied,
+    QueryTooLarge,
+    ResponseParseError,
+)
 from statsfeeder.model import Counter
 from statsfeeder.sources.vcenter.parse import parse_query_perf
-from tests.vcenter_xml import entity_csv, entity_normal, fault, response
+from tests.vcenter_xml import entity_csv, entity_normal, fault, no_permission, response
 
 CPU = Counter("cpu.usage.average", 2, "percent")
 DISK = Counter("disk.read.average", 130, "kiloBytesPerSecond", per_instance=True)
@@ -108,6 +113,12 @@ def test_faults_map_to_actions() -> None:
                     "Query exceeds config.vpxd.stats.maxQueryMetrics (64)"))
     with pytest.raises(ResponseParseError, match="InvalidArgument"):
         parse(fault("InvalidArgument", "A specified parameter was not correct: querySpec"))
+    with pytest.raises(PermissionDenied) as denied:
+        parse(no_permission("VirtualMachine", "vm-42", "System.Read"))
+    assert not denied.value.retriable  # asking again cannot help
+    assert str(denied.value) == ("vCenter refused: Permission to perform this operation was "
+                                 "denied. (missing privilege System.Read on VirtualMachine "
+                                 "vm-42)")
 
 
 @pytest.mark.parametrize("shape", [entity_csv, entity_normal])

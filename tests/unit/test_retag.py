@@ -133,6 +133,14 @@ def test_keep_tags_unmapped_vms_with_their_vcenter_id() -> None:
     assert batch.dropped == {"unknown_vm": 4}
 
 
+def test_vcenter_based_id_uses_vcenter_s_uuid_not_the_configured_name() -> None:
+    renamed = [VirtualMachine(name, "vm-7", "web", "iu-7", "bios-7", True,
+                              vcenter_uuid="a1b2c3d4-0000-4000-8000-00000000000a")
+               for name in ("vc-old", "vc-new")]
+    ids = {vcenter_based_id(item) for item in renamed}
+    assert ids == {EntityId("urn:vcenter:a1b2c3d4-0000-4000-8000-00000000000a:vm:iu-7", "web")}
+
+
 def test_skip_counts_samples_by_reason() -> None:
     vms = {m: vm(m) for m in ("vm-1", "vm-2", "vm-3")}
     retagger = Retagger([Fixed({"vm-1": EntityId("urn:vcloud:vm:one")})], unmapped="skip")

@@ -15,6 +15,7 @@ PAGE_SIZE = 1000
 
 def read_inventory(si: Any, vcenter: str) -> dict[str, VirtualMachine]:
     content = si.RetrieveContent()
+    vcenter_uuid = str(getattr(content.about, "instanceUuid", None) or "")
     view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
     try:
         traversal = vmodl.query.PropertyCollector.TraversalSpec(
@@ -40,6 +41,7 @@ def read_inventory(si: Any, vcenter: str) -> dict[str, VirtualMachine]:
                     instance_uuid=str(props.get("config.instanceUuid") or ""),
                     bios_uuid=str(props.get("config.uuid") or ""),
                     powered_on=props.get("runtime.powerState") == "poweredOn",
+                    vcenter_uuid=vcenter_uuid,
                 )
             page = collector.ContinueRetrievePropertiesEx(page.token) if page.token else None
         return vms

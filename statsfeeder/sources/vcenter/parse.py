@@ -21,7 +21,12 @@ from datetime import datetime
 
 import numpy as np
 
-from statsfeeder.errors import NotAuthenticated, QueryTooLarge, ResponseParseError
+from statsfeeder.errors import (
+    NotAuthenticated,
+    PermissionDenied,
+    QueryTooLarge,
+    ResponseParseError,
+)
 from statsfeeder.model import Counter, Int64Array, Series, SeriesBatch
 
 NO_DATA = -1
@@ -47,6 +52,8 @@ _FAULT = re.compile(
     rb"<(?:\w+:)?Fault\b.*?<faultstring>([^<]*)</faultstring>(.*?)</(?:\w+:)?Fault>", re.S)
 _FAULT_TYPE = re.compile(rb'xsi:type="(?:\w+:)?(\w+)"|<(\w+)Fault\b')
 _QUERY_PERF_RESPONSE = re.compile(rb"<QueryPerfResponse\b")
+_PRIVILEGE_ID = re.compile(rb"<privilegeId>([^<]+)</privilegeId>")
+_FAULT_OBJECT = re.compile(rb'<object\b[^>]*\btype="(\w+)"[^>]*>([^<]+)</object>')
 
 
 @dataclass(slots=True)
@@ -118,9 +125,21 @@ def raise_for_fault(body: bytes) -> None:
     kinds = {(m.group(1) or m.group(2) or b"").decode() for m in _FAULT_TYPE.finditer(detail)}
     if "NotAuthenticated" in kinds or "not authenticated" in text.lower():
         raise NotAuthenticated(f"vCenter session not authenticated: {text}")
+    if "NoPermission" in kinds:
+        raise PermissionDenied(f"vCenter refused: {text} ({_missing_privilege(detail)})")
     if "RestrictedByAdministrator" in kinds or "maxQueryMetrics" in text:
         raise QueryTooLarge(f"query exceeds the vCenter's limit: {text}")
     raise ResponseParseError(f"vCenter fault {sorted(kinds) or ['?']}: {text}")
+
+
+def _missing_privilege(detail: bytes) -> str:
+    """What a NoPermission fault names: the privilege and the object it is missing on."""
+    privilege = _PRIVILEGE_ID.search(detail)
+    target = _FAULT_OBJECT.search(detail)
+    what = privilege.group(1).decode("utf-8", "replace") if privilege else "unnamed"
+    where = (f" on {target.group(1).decode('utf-8', 'replace')} "
+             f"{target.group(2).decode('utf-8', 'replace')}" if target else "")
+    return f"missing privilege {what}{where}"
 
 
 def parse_query_perf(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +57,7 @@ class VCenterSource:
         self.client = client or VCenterClient(config)
         self.counters: tuple[Counter, ...] = ()
         self.unknown_counters: tuple[str, ...] = ()
+        self.counter_problems: tuple[str, ...] = ()
         self.vms: dict[str, VirtualMachine] = {}
         self.server_max_query_metrics: int | None = None
         self._counter_by_key: dict[int, Counter] = {}
@@ -77,6 +78,9 @@ class VCenterSource:
         self._perf_manager = perf._moId
         catalog = resolve_counters(perf.perfCounter, self.collection.metrics, self.name)
         self.counters, self.unknown_counters = catalog.counters, catalog.unknown
+        self.counter_problems = tuple(catalog.problems(self.name))
+        for problem in self.counter_problems:
+            log.error("%s: not collected", problem)
         self._counter_by_key = catalog.by_key()
         self.server_max_query_metrics = _read_max_query_metrics(content)
         self._refresh_inventory_blocking()
@@ -110,12 +114,18 @@ class VCenterSource:
         return int(moment.timestamp())
 
     # -- collection ---------------------------------------------------------------------
-    def plan(self, watermarks: Mapping[str, int], now: int) -> list[Chunk]:
+    def plan(self, watermarks: Mapping[str, int], now: int,
+             morefs: Sequence[str] | None = None) -> list[Chunk]:
+        """Chunks for ``morefs`` (default: every powered-on VM). None without a counter: a
+        QueryPerf without metricId makes a real vCenter return every metric it has."""
+        if not self.counters:
+            return []
         # Ending on the 20-s grid asks a real vCenter for nothing different, and makes
         # vcsim (which stamps samples endTime - k·20 s) answer on the grid too.
         end = now - now % REALTIME_INTERVAL
         return list(plan_chunks(
-            self.powered_on(), watermarks, end, self.counters, budget=self.query_budget,
+            self.powered_on() if morefs is None else morefs, watermarks, end, self.counters,
+            budget=self.query_budget,
             overlap=self.collection.overlap_seconds, initial=self.collection.interval_seconds,
             max_lookback=self.collection.max_lookback_seconds))
 
