@@ -242,9 +242,11 @@ class KairosDBConfig(Strict):
     tags: tuple[Literal["vm", "org", "vdc", "vapp", "vcenter", "moref", "instance"], ...] = (
         "vm", "org", "vdc", "vapp", "vcenter", "moref", "instance")
     """Tags written with every datapoint; KairosDB needs at least one."""
-    tag_charset: Literal["strict", "any"] = "strict"
-    """``strict``: tag values keep only ``A-Za-z0-9-./_`` (others become ``_``), the set every
-    KairosDB version and its telnet API accept; ``any``: sent as they are (1.2+ REST API)."""
+    tag_charset: Literal["any", "strict"] = "any"
+    """``any``: tag values sent exactly as they are (``urn:vcloud:vm:<uuid>``, "ACME Corp"),
+    which KairosDB 1.2+ stores and returns unchanged through its REST API; ``strict``: only
+    ``A-Za-z0-9-./_`` kept (others become ``_``), for tools that read through the telnet API
+    or older KairosDB."""
     ttl_days: Annotated[int, Field(gt=0, le=3650)] = 14
     """Per-datapoint TTL, as cassandra.ttl_days (honoured by KairosDB's Cassandra datastore;
     H2 ignores it). ``statsfeeder kairosdb purge`` refuses to delete inside it."""
@@ -356,6 +358,18 @@ class HAConfig(Strict):
     """Unique per running instance; the default, host:pid, is."""
 
 
+DEFAULT_WATERMARKS_FILE = Path("/var/lib/statsfeeder/watermarks.json")
+
+
+class StateConfig(Strict):
+    watermarks_file: Path | None = None
+    """Local file (on a volume) keeping the per-VM watermarks across restarts, written
+    atomically at the end of every cycle. Unset: /var/lib/statsfeeder/watermarks.json when
+    cassandra is disabled (KairosDB only), none with Cassandra (watermarks live in its
+    keyspace; set it to also keep KairosDB's progress across a restart during a Cassandra
+    outage)."""
+
+
 class Config(Strict):
     vcenters: Annotated[list[VCenterConfig], Field(min_length=1)]
     collection: CollectionConfig = CollectionConfig()
@@ -364,6 +378,34 @@ class Config(Strict):
     vcd: VcdConfig = VcdConfig()
     kairosdb: KairosDBConfig = KairosDBConfig()
     ha: HAConfig = HAConfig()
+    state: StateConfig = StateConfig()
+
+    @property
+    def watermarks_file(self) -> Path | None:
+        if self.state.watermarks_file is not None:
+            return self.state.watermarks_file
+        return None if self.cassandra.enabled else DEFAULT_WATERMARKS_FILE
+
+    @field_validator("kairosdb")
+    @classmethod
+    def _tags_identify_a_series(cls, value: KairosDBConfig, info: ValidationInfo
+                                ) -> KairosDBConfig:
+        """Tags that leave two VMs (or two instances) alike make KairosDB overwrite one
+        series with the other: refused."""
+        if not value.enabled:
+            return value
+        tags = set(value.tags)
+        shown = "[" + ", ".join(value.tags) + "]"
+        if "vm" not in tags and not {"vcenter", "moref"} <= tags:
+            raise ValueError(f"tags {shown} do not identify a VM, so different VMs' series "
+                             "would overwrite each other: add vm (or vcenter and moref)")
+        collection = info.data.get("collection")
+        per_instance = [m.name for m in collection.metrics if m.per_instance] \
+            if isinstance(collection, CollectionConfig) else []
+        if per_instance and "instance" not in tags:
+            raise ValueError(f"tags {shown} lack instance, which "
+                             f"{per_instance[0]} (per_instance) needs: add instance")
+        return value
 
     @model_validator(mode="after")
     def _leases_need_cassandra(self) -> Config:

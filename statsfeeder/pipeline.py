@@ -15,12 +15,13 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from statsfeeder.errors import SinkError
 from statsfeeder.model import EntityId, Series, VirtualMachine
+from statsfeeder.sources.vcenter.query import Chunk
 from statsfeeder.sources.vcenter.source import CollectedChunk, VCenterSource
 from statsfeeder.telemetry import Telemetry
 from statsfeeder.transforms.retag import Retagger
@@ -32,6 +33,13 @@ class Sink(Protocol):
     name: str
 
     async def write(self, series: list[Series]) -> Any: ...
+
+
+@runtime_checkable
+class Flushable(Protocol):
+    """A store that persists watermarks once per cycle (the local state file)."""
+
+    async def flush(self) -> None: ...
 
 
 class MetadataStore(Protocol):
@@ -58,10 +66,13 @@ class CycleReport:
     dropped: dict[str, int] = field(default_factory=dict)
     skipped_vms: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    missing: list[str] = field(default_factory=list)
+    """Sinks not open this cycle: nothing written to them; backfilled once they are back."""
 
     @property
     def ok(self) -> bool:
-        return self.chunks_failed == 0 and not any(self.sink_failures.values())
+        return (self.chunks_failed == 0 and not any(self.sink_failures.values())
+                and not self.missing)
 
     def summary(self) -> str:
         dropped = ", ".join(f"{k}={v}" for k, v in sorted(self.dropped.items())) or "none"
@@ -70,7 +81,9 @@ class CycleReport:
         return (f"vCenter {self.vcenter}: {self.vms_queried} VMs in {self.chunks} chunks "
                 f"({self.chunks_failed} failed), samples expected {self.expected}, collected "
                 f"{self.collected}, stored: {stored or 'none'} ({failed} sink failures), "
-                f"dropped: {dropped}{_skipped(self.skipped_vms)}; {self.seconds:.1f} s")
+                f"dropped: {dropped}{_skipped(self.skipped_vms)}; {self.seconds:.1f} s"
+                + (f"; missing sink: {', '.join(self.missing)} (not open: backfilled from its "
+                   "watermarks once back)" if self.missing else ""))
 
 
 def _skipped(vms: Mapping[str, int]) -> str:
@@ -94,7 +107,7 @@ def watermark_candidates(series: list[Series]) -> dict[str, int]:
 class Pipeline:
     def __init__(self, source: VCenterSource, sinks: list[Sink], retagger: Retagger,
                  telemetry: Telemetry, store: MetadataStore | None = None,
-                 buffer_chunks: int = 8) -> None:
+                 buffer_chunks: int = 8, sink_up: Callable[[str], bool] | None = None) -> None:
         if not sinks:
             raise ValueError("a pipeline needs at least one sink")
         self.source = source
@@ -104,26 +117,57 @@ class Pipeline:
         self.store = store
         self.buffer_chunks = buffer_chunks
         self.watermarks: dict[str, dict[str, int]] = {sink.name: {} for sink in sinks}
+        self.sink_up = sink_up or (lambda name: True)
+        # Where a missing sink's backfill starts for a VM it has no watermark of: the first
+        # window collected without it (memory only; a stored watermark always wins).
+        self.seeds: dict[str, dict[str, int]] = {sink.name: {} for sink in sinks}
+        self._loaded_with = {sink.name for sink in sinks if self.sink_up(sink.name)}
         self._entities_saved: dict[str, EntityId] = {}
 
     def load_watermarks(self) -> None:
+        """Merge the stored watermarks in (the later mark per VM wins: both are true)."""
+        up = {sink.name for sink in self.sinks if self.sink_up(sink.name)}
         if self.store is not None:
             stored = self.store.load_watermarks(self.source.name)
             for sink in self.sinks:
-                self.watermarks[sink.name] = dict(stored.get(sink.name, {}))
+                marks = self.watermarks[sink.name]
+                for moref, mark in stored.get(sink.name, {}).items():
+                    marks[moref] = max(mark, marks.get(moref, 0))
+        self._loaded_with = up
 
-    def query_marks(self) -> dict[str, int]:
-        """Per VM, where every sink has its samples up to: the query starts there."""
-        names = [sink.name for sink in self.sinks]
-        first, *rest = (self.watermarks[name] for name in names)
+    def marks_of(self, sink: str) -> dict[str, int]:
+        return {**self.seeds[sink], **self.watermarks[sink]}
+
+    def query_marks(self, names: Iterable[str] | None = None) -> dict[str, int]:
+        """Per VM, where every sink (of ``names``, default all) has its samples up to: the
+        query starts there."""
+        wanted = [sink.name for sink in self.sinks] if names is None else list(names)
+        if not wanted:
+            return {}
+        first, *rest = (self.marks_of(name) for name in wanted)
         return {moref: min([mark, *(other[moref] for other in rest)])
                 for moref, mark in first.items() if all(moref in other for other in rest)}
+
+    async def _open_sinks(self) -> list[Sink]:
+        """The sinks open now. One that came back since the watermarks were read gets them
+        read again first (Cassandra's own were unreadable while it was missing), so its
+        backfill starts where it was, not from this cycle."""
+        up = [sink for sink in self.sinks if self.sink_up(sink.name)]
+        if not {sink.name for sink in up} <= self._loaded_with:
+            try:
+                await asyncio.to_thread(self.load_watermarks)
+            except SinkError as exc:
+                log.warning("%s: watermarks not read again: %s", self.source.name, exc)
+                return [sink for sink in up if sink.name in self._loaded_with]
+        return up
 
     async def run_cycle(self) -> CycleReport:
         began = time.monotonic()
         source, name, t = self.source, self.source.name, self.telemetry
         report = CycleReport(name, written={s.name: 0 for s in self.sinks},
                              sink_failures={s.name: 0 for s in self.sinks})
+        sinks = await self._open_sinks()
+        report.missing = [s.name for s in self.sinks if s not in sinks]
         await source.refresh_inventory()
         on = source.powered_on()
         t.vms.labels(name, "powered_on").set(len(on))
@@ -131,18 +175,20 @@ class Pipeline:
         wanted, report.skipped_vms = self.retagger.collectable([source.vms[m] for m in on])
         t.vms.labels(name, "skipped").set(len(on) - len(wanted))
         now = await source.vcenter_now()
-        chunks = source.plan(self.query_marks(), now, wanted)
+        chunks = source.plan(self.query_marks(s.name for s in sinks), now, wanted)
         report.vms_queried = sum(len(c.vms) for c in chunks)
+        for missing in report.missing:
+            self._seed(missing, chunks)
         queues: dict[str, asyncio.Queue[list[Series] | None]] = {
-            sink.name: asyncio.Queue(maxsize=self.buffer_chunks) for sink in self.sinks}
+            sink.name: asyncio.Queue(maxsize=self.buffer_chunks) for sink in sinks}
         workers = [asyncio.create_task(self._sink_worker(sink, queues[sink.name], report))
-                   for sink in self.sinks]
+                   for sink in sinks]
         try:
             async for collected in source.collect(chunks):
                 series = await self._prepare(collected, report)
                 if series is None:
                     continue
-                for sink in self.sinks:
+                for sink in sinks:
                     queue = queues[sink.name]
                     try:
                         queue.put_nowait(series)
@@ -155,6 +201,12 @@ class Pipeline:
             for queue in queues.values():
                 await queue.put(None)
             await asyncio.gather(*workers)
+        if self.store is not None and isinstance(self.store, Flushable):
+            try:
+                await self.store.flush()
+            except SinkError as exc:  # stored; a restart re-reads this cycle's windows
+                t.sink_errors.labels("metadata", type(exc).__name__).inc()
+                log.warning("%s: watermarks not persisted: %s", name, exc)
         report.seconds = time.monotonic() - began
         t.cycle_duration.labels(name).observe(report.seconds)
         if report.ok:
@@ -221,6 +273,13 @@ class Pipeline:
             await self.store.save_entities(
                 [dataclasses.replace(vms[moref], entity=entity) for moref, entity in fresh.items()])
             self._entities_saved.update(fresh)
+
+    def _seed(self, sink: str, chunks: Iterable[Chunk]) -> None:
+        marks, seeds = self.watermarks[sink], self.seeds[sink]
+        for chunk in chunks:
+            for window in chunk.vms:
+                if window.moref not in marks and window.moref not in seeds:
+                    seeds[window.moref] = window.start
 
     def _advance(self, sink: str, candidates: Mapping[str, int]) -> dict[str, int]:
         marks = self.watermarks[sink]

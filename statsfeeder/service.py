@@ -29,10 +29,14 @@ class Service:
     sinks: list[Any]
     store: Any
     vcd: Any = None
+    health: Any = None
+    marks: Any = None
+    """The sinks' open/missing state (``sink_health``) and where watermarks persist."""
 
     async def open(self) -> None:
-        for sink in self.sinks:
-            await asyncio.to_thread(sink.open)
+        if self.marks is not None and self.marks.file is not None:
+            await asyncio.to_thread(self.marks.file.open)
+        await self.health.open_all()  # a missing sink is retried; the others are collected
         if self.vcd is not None:
             from statsfeeder.transforms.vcd import VcdUnavailable
 
@@ -44,11 +48,20 @@ class Service:
     async def start_pipeline(self, pipeline: Any) -> None:
         await pipeline.source.start()
         self.telemetry.vcenter_logins.labels(pipeline.source.name).inc()
-        if self.store is not None:
+        if self.store is not None and self.health.up(self.store.name):
             await asyncio.to_thread(self.store.record_counters, pipeline.source.counters)
         await asyncio.to_thread(pipeline.load_watermarks)
 
+    async def sink_opened(self, sink: Any) -> None:
+        """A sink that was missing is open: Cassandra gets the metric units it missed."""
+        from statsfeeder.sink_health import record_counters
+
+        if sink is self.store:
+            await record_counters(sink, [p.source.counters for p in self.pipelines])
+
     def close(self) -> None:
+        if self.marks is not None:
+            self.marks.close()
         for pipeline in self.pipelines:
             pipeline.source.client.close()
         for sink in self.sinks:
@@ -59,6 +72,7 @@ class Service:
 
 def build_service(config: Config) -> Service:
     from statsfeeder.pipeline import Pipeline
+    from statsfeeder.sink_health import SinkHealth
     from statsfeeder.sinks.cassandra.sink import CassandraSink
     from statsfeeder.sources.vcenter.source import VCenterSource
     from statsfeeder.telemetry import Telemetry
@@ -69,6 +83,7 @@ def build_service(config: Config) -> Service:
         StaticMapResolver,
     )
     from statsfeeder.transforms.vcd import VcdApiResolver
+    from statsfeeder.watermarks import WatermarkFile, WatermarkStore
 
     telemetry = Telemetry()
     resolvers: list[Resolver] = []
@@ -95,9 +110,16 @@ def build_service(config: Config) -> Service:
     if not sinks:
         raise ConfigError("config: no sink enabled (cassandra.enabled and kairosdb.enabled "
                           "are both false)")
-    pipelines = [Pipeline(VCenterSource(vc, config.collection), sinks, retagger, telemetry,
-                          store) for vc in config.vcenters]
-    return Service(telemetry, pipelines, sinks, store, vcd)
+    service = Service(telemetry, [], sinks, store, vcd)
+    service.health = SinkHealth(sinks, telemetry, max_backoff=config.collection.interval_seconds,
+                                required=["cassandra"] if config.ha.enabled else [],
+                                on_open=service.sink_opened)
+    file = WatermarkFile(config.watermarks_file) if config.watermarks_file else None
+    service.marks = WatermarkStore(store, file, lambda: service.health.up("cassandra"))
+    service.pipelines = [Pipeline(VCenterSource(vc, config.collection), sinks, retagger,
+                                  telemetry, service.marks, sink_up=service.health.up)
+                         for vc in config.vcenters]
+    return service
 
 
 async def run_once(config: Config) -> int:
@@ -121,6 +143,10 @@ async def run_once(config: Config) -> int:
             print(report.summary())
             if not report.ok:
                 status = 1
+        for name, why in service.health.missing().items():
+            print(f"statsfeeder: sink {name} missed this cycle ({why}); the next cycle "
+                  "backfills it from its watermarks once it is reachable", file=sys.stderr)
+            status = 1
         return status
     finally:
         await asyncio.to_thread(service.close)
@@ -180,6 +206,7 @@ async def run_service(config: Config, drain_seconds: float = 60.0) -> int:
         await service.open()
         if service.vcd is not None:
             background.append(asyncio.create_task(service.vcd.run_refresher(stopping)))
+        background.append(asyncio.create_task(service.health.run(stopping)))
         if config.ha.enabled:
             from statsfeeder.ha import LeaseKeeper
             from statsfeeder.sinks.cassandra.leases import LeaseStore

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -84,6 +85,15 @@ class Telemetry:
             "statsfeeder_lease_errors_total", "Failed lease operations against Cassandra.",
             ["operation"], registry=r)
         self.up = Gauge("statsfeeder_up", "1 while the service runs.", registry=r)
+        self.sink_up = Gauge(
+            "statsfeeder_sink_up", "1 once a sink is open; 0 while it is missing (unreachable "
+            "since start-up: the others are collected into, it is retried and backfilled).",
+            ["sink"], registry=r)
+        self.sink_open_failures = Counter(
+            "statsfeeder_sink_open_failures_total", "Failed attempts to open a sink.",
+            ["sink"], registry=r)
+        self.sink_problem: Callable[[], str | None] = lambda: None
+        """Set by the service: one line naming the missing sinks, shown on /readyz."""
 
     def forget_vcenter(self, vcenter: str) -> None:
         """Another instance collects it now: stop exporting this instance's stale progress
@@ -94,7 +104,7 @@ class Telemetry:
 
     def serve(self, listen: str, ready: threading.Event | None = None) -> ThreadingHTTPServer:
         host, _, port = listen.rpartition(":")
-        registry = self.registry
+        registry, telemetry = self.registry, self
         ready_flag = ready or threading.Event()
 
         class Handler(BaseHTTPRequestHandler):
@@ -104,8 +114,10 @@ class Telemetry:
                 elif self.path == "/healthz":
                     body, kind, code = b"ok\n", "text/plain", 200
                 elif self.path == "/readyz":
-                    code = 200 if ready_flag.is_set() else 503
-                    body, kind = (b"ready\n" if code == 200 else b"starting\n"), "text/plain"
+                    problem = telemetry.sink_problem() if ready_flag.is_set() else None
+                    code = 200 if ready_flag.is_set() and problem is None else 503
+                    text = ("starting" if not ready_flag.is_set() else problem or "ready")
+                    body, kind = f"{text}\n".encode(), "text/plain"
                 else:
                     body, kind, code = b"not found\n", "text/plain", 404
                 self.send_response(code)
