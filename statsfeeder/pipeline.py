@@ -119,9 +119,11 @@ class Pipeline:
         self.watermarks: dict[str, dict[str, int]] = {sink.name: {} for sink in sinks}
         self.sink_up = sink_up or (lambda name: True)
         # Where a missing sink's backfill starts for a VM it has no watermark of: the first
-        # window collected without it (memory only; a stored watermark always wins).
+        # window collected without it. Kept in memory only while that sink's stored marks
+        # could not be read (a stored watermark always wins over a seed).
         self.seeds: dict[str, dict[str, int]] = {sink.name: {} for sink in sinks}
         self._loaded_with = {sink.name for sink in sinks if self.sink_up(sink.name)}
+        self._held: set[str] = set()  # sinks whose stored watermarks were read
         self._entities_saved: dict[str, EntityId] = {}
 
     def load_watermarks(self) -> None:
@@ -133,6 +135,8 @@ class Pipeline:
                 marks = self.watermarks[sink.name]
                 for moref, mark in stored.get(sink.name, {}).items():
                     marks[moref] = max(mark, marks.get(moref, 0))
+            holds = getattr(self.store, "holds", lambda name: True)
+            self._held = {sink.name for sink in self.sinks if holds(sink.name)}
         self._loaded_with = up
 
     def marks_of(self, sink: str) -> dict[str, int]:
@@ -178,7 +182,7 @@ class Pipeline:
         chunks = source.plan(self.query_marks(s.name for s in sinks), now, wanted)
         report.vms_queried = sum(len(c.vms) for c in chunks)
         for missing in report.missing:
-            self._seed(missing, chunks)
+            await self._seed(missing, chunks)
         queues: dict[str, asyncio.Queue[list[Series] | None]] = {
             sink.name: asyncio.Queue(maxsize=self.buffer_chunks) for sink in sinks}
         workers = [asyncio.create_task(self._sink_worker(sink, queues[sink.name], report))
@@ -274,12 +278,26 @@ class Pipeline:
                 [dataclasses.replace(vms[moref], entity=entity) for moref, entity in fresh.items()])
             self._entities_saved.update(fresh)
 
-    def _seed(self, sink: str, chunks: Iterable[Chunk]) -> None:
+    async def _seed(self, sink: str, chunks: Iterable[Chunk]) -> None:
+        """A missing sink without a watermark for a VM: its backfill is to start where this
+        VM's collection without it starts. When its stored marks were read (so the VM truly
+        has none), that start is stored as its watermark: nothing older was collected for
+        anyone, and a restart keeps it. Otherwise (Cassandra's own marks while Cassandra is
+        missing) it stays in memory, below any stored mark read once it is back."""
         marks, seeds = self.watermarks[sink], self.seeds[sink]
-        for chunk in chunks:
-            for window in chunk.vms:
-                if window.moref not in marks and window.moref not in seeds:
-                    seeds[window.moref] = window.start
+        fresh = {window.moref: window.start for chunk in chunks for window in chunk.vms
+                 if window.moref not in marks and window.moref not in seeds}
+        if not fresh:
+            return
+        if sink not in self._held or self.store is None:
+            seeds.update(fresh)
+            return
+        marks.update(fresh)
+        try:
+            await self.store.save_watermarks(self.source.name, sink, fresh)
+        except SinkError as exc:  # kept in memory: this process still backfills from there
+            self.telemetry.sink_errors.labels("metadata", type(exc).__name__).inc()
+            log.warning("%s: watermarks not persisted: %s", self.source.name, exc)
 
     def _advance(self, sink: str, candidates: Mapping[str, int]) -> dict[str, int]:
         marks = self.watermarks[sink]

@@ -121,6 +121,11 @@ class WatermarkStore:
     def cassandra_open(self) -> bool:
         return self.cassandra is not None and self._cassandra_up()
 
+    def holds(self, sink: str) -> bool:
+        """Whether what ``load_watermarks`` returns now is where every sink's marks are kept
+        (Cassandra open, or no Cassandra and the file alone): a VM missing there has none."""
+        return self.cassandra_open or self.cassandra is None
+
     def load_watermarks(self, vcenter: str) -> Marks:
         marks = self.file.load(vcenter) if self.file is not None else {}
         if self.cassandra_open:

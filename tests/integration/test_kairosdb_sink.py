@@ -437,8 +437,8 @@ def test_tags_that_do_not_identify_a_series_are_refused_in_one_line(
     refused = validate(["org"], [cpu])
     assert refused.returncode != 0
     assert refused.stderr.strip().splitlines() == [
-        "statsfeeder: config: kairosdb: tags [org] do not identify a VM, so different VMs' series would "
-        "overwrite each other: add vm (or vcenter and moref)"]
+        "statsfeeder: config: kairosdb: tags [org] do not identify a VM, so different VMs' "
+        "series would overwrite each other: add vm (or vcenter and moref)"]
     no_instance = validate(["vm", "org"], [cpu, net])
     assert no_instance.returncode != 0 and len(no_instance.stderr.strip().splitlines()) == 1
     assert "net.received.average" in no_instance.stderr and "add instance" in no_instance.stderr
