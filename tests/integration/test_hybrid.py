@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import yaml
 
+from peers import cassandra as cassandra_peer
 from peers import common
 from peers import kairosdb as kairosdb_peer
 from statsfeeder.config import Config, load_config
@@ -57,6 +58,21 @@ def hybrid_config(tmp_path: Path, vcsim_env: Env, cassandra_env: Env, kairos_url
 def cli_env(vcsim_env: Env, cassandra_env: Env) -> Env:
     return {"VCSIM_PASSWORD": vcsim_env["VCSIM_PASSWORD"],
             "CASSANDRA_PASSWORD": cassandra_env["CASSANDRA_PASSWORD"], "PATH": os.environ["PATH"]}
+
+
+def drop_keyspace(config: Config) -> None:
+    """Clean-up right after a node restart: its first requests may time out."""
+    for _ in range(10):
+        try:
+            cluster, session = connect(config.cassandra)
+            try:
+                session.execute(f"DROP KEYSPACE IF EXISTS {config.cassandra.keyspace}",
+                                timeout=30)
+                return
+            finally:
+                cluster.shutdown()
+        except Exception:  # the node is still starting: try again
+            time.sleep(2)
 
 
 def readyz(port: int) -> tuple[int, str]:
@@ -270,7 +286,74 @@ def test_kairosdb_down_at_start_once_and_run_collect_into_cassandra_and_backfill
     finally:
         if service is not None and service.poll() is None:
             service.kill()
+            assert service.stdout is not None
+            print(service.stdout.read()[-6000:])  # what the service said, for the failure
         common.stop(LATE_KAIROSDB)
-        cluster, session = connect(config.cassandra)
-        session.execute(f"DROP KEYSPACE IF EXISTS {keyspace}")
-        cluster.shutdown()
+        drop_keyspace(config)
+
+
+EARLY_KAIROSDB = "kairosdb-hybrid-early"
+
+
+def test_cassandra_down_at_start_run_collects_into_kairosdb_and_backfills_cassandra(
+        tmp_path: Path, vcsim_env: Env, cassandra_env: Env) -> None:
+    """Issue 19, the other order: the shared Cassandra node is stopped (briefly: other test
+    sessions use it) before `run` starts. KairosDB is collected into every cycle; when the node
+    is back, Cassandra's own watermarks are read again before anything is written to it, so its
+    backfill starts where it was (the `once` before the outage), not from the cycle it
+    returned in."""
+    kairos_port, port = free_port(), free_port()
+    url = kairosdb_peer.start_instance(EARLY_KAIROSDB, kairos_port)["KAIROSDB_URL"]
+    # KairosDB's own watermarks are in Cassandra too: the state file keeps its place through
+    # a start during the outage (without it KairosDB would start from the last interval).
+    marks = tmp_path / "state" / "watermarks.json"
+    path, keyspace, prefix = hybrid_config(tmp_path, vcsim_env, cassandra_env, url,
+                                           telemetry_port=port,
+                                           state={"watermarks_file": str(marks)})
+    env = cli_env(vcsim_env, cassandra_env)
+    config = load_config(path, environ=env)
+    short = ".".join(cassandra_env["CASSANDRA_VERSION"].split(".")[:2])
+    subprocess.run([*STATSFEEDER, "schema", "create", "-c", str(path)], env=env, check=True,
+                   capture_output=True, timeout=120)
+    began = int(time.time())
+    service: subprocess.Popen[str] | None = None
+    try:
+        once = subprocess.run([*STATSFEEDER, "once", "-c", str(path)], env=env, text=True,
+                              capture_output=True, timeout=120)
+        assert once.returncode == 0, once.stdout + once.stderr
+        assert marks.exists()
+        cassandra_peer.nodetool(["flush"], version=short, nodes=1)  # the new keyspace on disk
+
+        stopped = time.monotonic()
+        cassandra_peer.stop_node(0, version=short, nodes=1)
+        service = subprocess.Popen([*STATSFEEDER, "run", "-c", str(path)], env=env, text=True,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        wait_for(lambda: readyz(port)[0] == 503 and "missing" in readyz(port)[1], 60,
+                 "/readyz to name the missing sink")
+        assert readyz(port)[1].startswith("degraded: sink cassandra missing, collecting into "
+                                          "kairosdb; retrying (cassandra:")
+        assert metric(port, SINK_UP % "cassandra") == 0 and metric(port, SINK_UP % "kairosdb") == 1
+        # KairosDB is not stalled: two cycles store into it while Cassandra is away.
+        wait_for(lambda: (metric(port, WRITTEN % "kairosdb") or 0) > 0, 60, "a first cycle")
+        first = metric(port, WRITTEN % "kairosdb") or 0
+        wait_for(lambda: (metric(port, WRITTEN % "kairosdb") or 0) > first, 60, "a second cycle")
+        assert not metric(port, WRITTEN % "cassandra")
+        cassandra_peer.start_node(0, version=short, nodes=1)
+        outage = time.monotonic() - stopped
+
+        wait_for(lambda: readyz(port) == (200, "ready\n"), 60, "Cassandra to be opened again")
+        wait_for(lambda: (metric(port, WRITTEN % "cassandra") or 0) > 0, 60, "the backfill")
+        log = stop_service(service)
+        assert "missing sink: cassandra" in log and "cassandra: open again after" in log
+
+        counts = compare_stores(config, url, prefix, began - 900)
+        print(f"\nCassandra down at start ({outage:.0f} s outage): {counts}")
+        assert counts["vms"] == 4 and counts["kairosdb"] == counts["cassandra"] > 4 * 6
+    finally:
+        cassandra_peer.start_node(0, version=short, nodes=1)
+        if service is not None and service.poll() is None:
+            service.kill()
+            assert service.stdout is not None
+            print(service.stdout.read()[-6000:])  # what the service said, for the failure
+        common.stop(EARLY_KAIROSDB)
+        drop_keyspace(config)
