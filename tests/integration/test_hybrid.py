@@ -38,9 +38,9 @@ STATSFEEDER = [sys.executable, "-m", "statsfeeder"]
 
 
 def hybrid_config(tmp_path: Path, vcsim_env: Env, cassandra_env: Env, kairos_url: str, *,
-                  telemetry_port: int, **extra: Any) -> tuple[Path, str, str]:
+                  telemetry_port: int, **extra: Any) -> tuple[Path, str]:
     """A 20-s-interval hybrid configuration on a fresh keyspace and metric prefix (the
-    dedicated KairosDB keeps earlier runs' datapoints); returns (path, keyspace, prefix)."""
+    dedicated KairosDB keeps earlier runs' datapoints); returns (path, prefix)."""
     keyspace = f"hy_{uuid.uuid4().hex[:8]}"
     prefix = f"t{uuid.uuid4().hex[:8]}."
     path = write_config(tmp_path / "c.yaml", vcsim_env, cassandra_env, keyspace)
@@ -52,7 +52,7 @@ def hybrid_config(tmp_path: Path, vcsim_env: Env, cassandra_env: Env, kairos_url
                        "retries": 1, "timeout_seconds": 5, "connect_timeout_seconds": 2}
     raw.update(extra)
     path.write_text(yaml.safe_dump(raw))
-    return path, keyspace, prefix
+    return path, prefix
 
 
 def cli_env(vcsim_env: Env, cassandra_env: Env) -> Env:
@@ -245,8 +245,7 @@ def test_kairosdb_down_at_start_once_and_run_collect_into_cassandra_and_backfill
     kairos_port, port = free_port(), free_port()
     url = kairosdb_peer.url_for(kairos_port)
     common.stop(LATE_KAIROSDB)
-    path, keyspace, prefix = hybrid_config(tmp_path, vcsim_env, cassandra_env, url,
-                                           telemetry_port=port)
+    path, prefix = hybrid_config(tmp_path, vcsim_env, cassandra_env, url, telemetry_port=port)
     env = cli_env(vcsim_env, cassandra_env)
     config = load_config(path, environ=env)
     subprocess.run([*STATSFEEDER, "schema", "create", "-c", str(path)], env=env, check=True,
@@ -307,9 +306,8 @@ def test_cassandra_down_at_start_run_collects_into_kairosdb_and_backfills_cassan
     # KairosDB's own watermarks are in Cassandra too: the state file keeps its place through
     # a start during the outage (without it KairosDB would start from the last interval).
     marks = tmp_path / "state" / "watermarks.json"
-    path, keyspace, prefix = hybrid_config(tmp_path, vcsim_env, cassandra_env, url,
-                                           telemetry_port=port,
-                                           state={"watermarks_file": str(marks)})
+    path, prefix = hybrid_config(tmp_path, vcsim_env, cassandra_env, url, telemetry_port=port,
+                                 state={"watermarks_file": str(marks)})
     env = cli_env(vcsim_env, cassandra_env)
     config = load_config(path, environ=env)
     short = ".".join(cassandra_env["CASSANDRA_VERSION"].split(".")[:2])
