@@ -98,8 +98,8 @@ class SinkHealth:
             if state.up or time.monotonic() < state.next_attempt:
                 continue
             try:
-                await self._open(sink)
-            except SinkUnavailable as exc:
+                await self._open(sink, retrying=True)
+            except Exception as exc:  # the driver's own errors too, while a node starts
                 log.warning("%s (attempt %d; next in %.0f s)", exc, state.attempts,
                             state.next_attempt - time.monotonic())
                 continue
@@ -111,22 +111,29 @@ class SinkHealth:
     async def run(self, stopping: asyncio.Event) -> None:
         """Background: keep opening missing sinks until ``stopping`` is set."""
         while not stopping.is_set():
-            await self.retry_due()
+            try:
+                await self.retry_due()
+            except Exception:  # a bug must not end the retries silently
+                log.exception("sinks: opening a missing sink failed unexpectedly")
             waits = [state.next_attempt - time.monotonic()
                      for state in self._state.values() if not state.up]
             delay = max(0.5, min(waits)) if waits else self.max_backoff
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), delay)
 
-    async def _open(self, sink: Any) -> None:
+    async def _open(self, sink: Any, *, retrying: bool = False) -> None:
+        """One attempt. At start-up only ``SinkUnavailable`` counts as "missing, retry"; once
+        running, any error does (a node that is starting can answer with an incomplete schema
+        or time out for a moment): it is logged at every attempt."""
         state = self._state[sink.name]
+        retried: type[Exception] = Exception if retrying else SinkUnavailable
         async with self._lock:
             state.attempts += 1
             try:
                 await asyncio.to_thread(sink.open)
                 if self.on_open is not None:  # e.g. Cassandra's metric units
                     await self.on_open(sink)
-            except SinkUnavailable as exc:
+            except retried as exc:
                 state.error = str(exc)
                 state.next_attempt = time.monotonic() + state.backoff
                 state.backoff = min(state.backoff * 2, self.max_backoff)
