@@ -63,7 +63,7 @@ def test_shipped_alert_rules_pass_promtool(prometheus_env: dict[str, str]) -> No
     api = prometheus_env["PROMETHEUS_URL"] + "/api/v1/rules"
     groups = httpx.get(api).json()["data"]["groups"]
     names = {rule["name"] for group in groups for rule in group["rules"]}
-    assert "StatsfeederWatermarkLagHigh" in names and len(names) == 10
+    assert "StatsfeederSinkMissing" in names and len(names) == 11
 
 
 def test_alert_rules_fire_on_the_right_series(prometheus_env: dict[str, str]) -> None:
