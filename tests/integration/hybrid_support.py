@@ -104,9 +104,9 @@ def compare_stores(config: Config, url: str, prefix: str, since: int,
     """Every powered-on VM's cpu.usage.average: in Cassandra on the 20-s grid without a gap
     since ``since``; in KairosDB the same timestamps and values (percent there, hundredths in
     Cassandra) from ``both_since`` (default: Cassandra's first sample). Returns the counts
-    (VMs, samples in each store over the compared range, gaps)."""
+    (VMs, Cassandra's samples since ``since``, each store's over the compared range, gaps)."""
     cluster, session = connect(config.cassandra)
-    counts = {"vms": 0, "cassandra": 0, "kairosdb": 0, "gaps": 0}
+    counts = {"vms": 0, "cassandra_all": 0, "cassandra": 0, "kairosdb": 0, "gaps": 0}
     try:
         keyspace = config.cassandra.keyspace
         vms = [row.vm_id for row in session.execute(f"SELECT vm_id FROM {keyspace}.entities")]
@@ -115,6 +115,7 @@ def compare_stores(config: Config, url: str, prefix: str, since: int,
             [stored] = read_series(session, keyspace, vm_id, ["cpu.usage.average"], since,
                                    int(time.time()) + 60)
             counts["gaps"] += int(np.sum(np.diff(stored.timestamps) != 20))
+            counts["cassandra_all"] += len(stored.timestamps)
             keep = stored.timestamps >= both_since
             stamps, values = stored.timestamps[keep].tolist(), stored.values[keep] * 0.01
             deadline = time.monotonic() + 15
