@@ -76,6 +76,15 @@ def validate(config: Config, offline: bool) -> int:
             status = 1
     if config.vcd.api is not None:
         status |= _validate_vcd(config)
+    if config.watermarks_file is not None:
+        from statsfeeder.watermarks import WatermarkFile
+
+        try:
+            WatermarkFile(config.watermarks_file).open()
+            print(f"state: watermarks file {config.watermarks_file} readable and writable")
+        except StatsfeederError as exc:
+            print(f"statsfeeder: {exc}", file=sys.stderr)
+            status = 1
     if config.kairosdb.enabled:
         from statsfeeder.sinks.kairosdb.sink import KairosDBSink
 
