@@ -160,8 +160,9 @@ class Pipeline:
         if not {sink.name for sink in up} <= self._loaded_with:
             try:
                 await asyncio.to_thread(self.load_watermarks)
-            except SinkError as exc:
-                log.warning("%s: watermarks not read again: %s", self.source.name, exc)
+            except Exception as exc:  # the driver's own errors too: it went away again
+                log.warning("%s: watermarks not read again, the returned sink waits: %s",
+                            self.source.name, exc)
                 return [sink for sink in up if sink.name in self._loaded_with]
         return up
 
