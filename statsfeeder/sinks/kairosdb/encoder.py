@@ -9,11 +9,11 @@ KairosDB longs); a scaled one (percent, raw in hundredths) is divided by 100 (co
 
 Tags: KairosDB refuses an empty tag value and a metric without tags. An empty value becomes
 ``none`` (a VM without vCD org/VDC/vApp, a series without entity id); the aggregate instance
-(vCenter's ``""``) becomes ``aggregate``. With ``tag_charset: strict`` (default) every character
-outside ``A-Za-z0-9-./_`` becomes ``_`` (``urn:vcloud:vm:<uuid>`` → ``urn_vcloud_vm_<uuid>``):
-the set every KairosDB version and its telnet API accept. KairosDB 1.2+ takes any character
-through the REST API; ``tag_charset: any`` sends values as they are (empty ones still
-replaced).
+(vCenter's ``""``) becomes ``aggregate``. ``tag_charset: any`` (default) sends values as they
+are (empty ones still replaced): KairosDB 1.2+ stores and returns any character through the
+REST API, so a query by ``urn:vcloud:vm:<uuid>`` finds the series. With ``tag_charset:
+strict`` every character outside ``A-Za-z0-9-./_`` becomes ``_`` (``urn_vcloud_vm_<uuid>``),
+the set every KairosDB version and its telnet API accept.
 
 Per sample the only Python work is the ``tolist``/``zip`` and the C JSON encoder; the tags of
 a series are encoded once and cached.

@@ -2,7 +2,8 @@
 ``async write`` returning a ``WriteResult``, ``close``) plus ``async health``.
 
 KairosDB keeps no watermarks or entity metadata: the pipeline keeps this sink's watermarks in
-Cassandra under the sink name ``kairosdb``.
+Cassandra under the sink name ``kairosdb``, and in the local state file when one is configured
+(always without Cassandra: ``statsfeeder/watermarks.py``).
 """
 
 from __future__ import annotations
