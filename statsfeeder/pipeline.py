@@ -122,13 +122,12 @@ class Pipeline:
         # window collected without it. Kept in memory only while that sink's stored marks
         # could not be read (a stored watermark always wins over a seed).
         self.seeds: dict[str, dict[str, int]] = {sink.name: {} for sink in sinks}
-        self._loaded_with = {sink.name for sink in sinks if self.sink_up(sink.name)}
         self._held: set[str] = set()  # sinks whose stored watermarks were read
+        self._written: set[str] = set()  # sinks open in the last cycle
         self._entities_saved: dict[str, EntityId] = {}
 
     def load_watermarks(self) -> None:
         """Merge the stored watermarks in (the later mark per VM wins: both are true)."""
-        up = {sink.name for sink in self.sinks if self.sink_up(sink.name)}
         if self.store is not None:
             stored = self.store.load_watermarks(self.source.name)
             for sink in self.sinks:
@@ -137,7 +136,6 @@ class Pipeline:
                     marks[moref] = max(mark, marks.get(moref, 0))
             holds = getattr(self.store, "holds", lambda name: True)
             self._held = {sink.name for sink in self.sinks if holds(sink.name)}
-        self._loaded_with = up
 
     def marks_of(self, sink: str) -> dict[str, int]:
         return {**self.seeds[sink], **self.watermarks[sink]}
@@ -153,17 +151,22 @@ class Pipeline:
                 for moref, mark in first.items() if all(moref in other for other in rest)}
 
     async def _open_sinks(self) -> list[Sink]:
-        """The sinks open now. One that came back since the watermarks were read gets them
-        read again first (Cassandra's own were unreadable while it was missing), so its
-        backfill starts where it was, not from this cycle."""
+        """The sinks open now. When the store can now give watermarks it could not when
+        they were read (Cassandra's, while Cassandra was missing), they are read again
+        first, so a returned sink's backfill starts where it was, not from this cycle; if
+        that fails, a sink that was not open in the last cycle waits for the next one."""
         up = [sink for sink in self.sinks if self.sink_up(sink.name)]
-        if not {sink.name for sink in up} <= self._loaded_with:
+        holds = getattr(self.store, "holds", lambda name: True)
+        stale = self.store is not None and any(
+            sink.name not in self._held and holds(sink.name) for sink in up)
+        if stale:
             try:
                 await asyncio.to_thread(self.load_watermarks)
             except Exception as exc:  # the driver's own errors too: it went away again
-                log.warning("%s: watermarks not read again, the returned sink waits: %s",
+                log.warning("%s: watermarks not read again, a returned sink waits: %s",
                             self.source.name, exc)
-                return [sink for sink in up if sink.name in self._loaded_with]
+                up = [sink for sink in up if sink.name in self._held | self._written]
+        self._written = {sink.name for sink in up}
         return up
 
     async def run_cycle(self) -> CycleReport:
