@@ -36,8 +36,8 @@ from tests.integration.hybrid_support import (
 from tests.integration.test_pipeline import write_config
 from tests.integration.test_service import free_port, metric, wait_for
 
-PORT = 18086
-NAME = "kairosdb-hybrid"
+NAME = "kairosdb-hybrid-outage"
+"""A KairosDB of this test's own, on a free port: other sessions' tests stop theirs."""
 
 
 def kairos_stamps(url: str, moref: str, since_ms: int) -> list[int]:
@@ -49,7 +49,8 @@ def kairos_stamps(url: str, moref: str, since_ms: int) -> list[int]:
 
 async def test_kairosdb_outage_neither_stalls_cassandra_nor_loses_its_own_data(
         tmp_path: Path, vcsim_env: dict[str, str], cassandra_env: dict[str, str]) -> None:
-    env = kairosdb_peer.start_instance(NAME, PORT)
+    port = free_port()
+    env = kairosdb_peer.start_instance(NAME, port)
     url = env["KAIROSDB_URL"]
     keyspace = f"hybrid_{uuid.uuid4().hex[:8]}"
     path = write_config(tmp_path / "c.yaml", vcsim_env, cassandra_env, keyspace)
@@ -79,7 +80,7 @@ async def test_kairosdb_outage_neither_stalls_cassandra_nor_loses_its_own_data(
         assert pipeline.watermarks["kairosdb"] == kairos_before
         assert min(pipeline.watermarks["cassandra"].values()) > max(kairos_before.values())
 
-        kairosdb_peer.start_instance(NAME, PORT)
+        kairosdb_peer.start_instance(NAME, port)
         after = await pipeline.run_cycle()
         assert after.ok and after.written["kairosdb"] > 0
         assert pipeline.watermarks["kairosdb"] == pipeline.watermarks["cassandra"]
