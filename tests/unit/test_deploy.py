@@ -1,9 +1,11 @@
-"""The container files: there is no Docker engine here, so check that they parse, follow the
-rules (slim, non-root, health check) and that the configuration they mount validates."""
+"""The container files parse, follow the rules (slim, non-root, health check, labels, no
+shared default secret) and mount a configuration that validates. The image itself is built
+and run with podman in tests/integration/test_container.py."""
 
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 
 import certifi
@@ -31,11 +33,13 @@ def test_dockerfile_is_slim_non_root_with_a_health_check() -> None:
 
 def test_compose_file_mounts_what_the_repository_has_and_a_valid_config(tmp_path: Path) -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    assert set(compose["services"]) == {"cassandra", "kairosdb", "statsfeeder", "prometheus"}
+    assert set(compose["services"]) == {"cassandra", "cassandra-roles", "statsfeeder-schema",
+                                        "cassandra-grants", "statsfeeder", "prometheus",
+                                        "kairosdb"}
     for name, service in compose["services"].items():
         for volume in service.get("volumes", []):
             source = volume.split(":")[0]
-            if source.startswith("./") and "/certs/" not in source:
+            if source.startswith("./") and "/certs/" not in source and ":" in volume:
                 assert (ROOT / source).exists(), f"{name} mounts missing {source}"
     statsfeeder = compose["services"]["statsfeeder"]
     mounted = {v.split(":")[1]: v.split(":")[0] for v in statsfeeder["volumes"]}
@@ -47,6 +51,8 @@ def test_compose_file_mounts_what_the_repository_has_and_a_valid_config(tmp_path
     text = text.replace("/etc/statsfeeder/cassandra-ca.pem", certifi.where())  # mounted there
     config = parse_config(yaml.safe_load(text), environ={})
     assert config.cassandra.hosts == ["cassandra"]
+    assert config.cassandra.credentials is not None
+    assert config.cassandra.credentials.username == "statsfeeder"  # not the superuser
     assert config.telemetry.listen.endswith(":9274")
     prometheus = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
     assert prometheus["scrape_configs"][0]["static_configs"][0]["targets"] == ["statsfeeder:9274"]
@@ -82,3 +88,37 @@ def test_example_config_mentions_every_option() -> None:
 
     missing = [o for o in options(Config) if f"{o.rsplit('.', 1)[-1]}:" not in text]
     assert not missing, f"options not in config/statsfeeder.example.yaml: {missing}"
+
+
+def test_dockerfile_labels_carry_the_packaged_version() -> None:
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    parser = DockerfileParser(path=str(ROOT / "Dockerfile"))
+    assert parser.baseimage == "python:3.11-slim"  # what Docker users pull
+    args = [value for i in parser.structure if i["instruction"] == "ARG"
+            for value in [i["value"]]]
+    assert f"VERSION={version}" in args
+    assert parser.labels["org.opencontainers.image.version"] == version
+
+
+def test_compose_has_no_shared_default_secret() -> None:
+    """Every password is a secret file that deploy/make-certs.sh generates (the vCenter's is
+    the provider's); the service logs in as its own role, the schema tool as another."""
+    deploy = [ROOT / "docker-compose.yml", *sorted((ROOT / "deploy").iterdir())]
+    for path in deploy:
+        if path.is_file():
+            text = path.read_text()
+            assert "changeit" not in text, path
+            assert not re.search(r"username:\s*cassandra\b", text), path
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    make_certs = (ROOT / "deploy" / "make-certs.sh").read_text()
+    for name, secret in compose["secrets"].items():
+        assert secret["file"] == f"./deploy/secrets/{name}"
+        assert name == "vcenter_password" or name in make_certs, name
+    schema = compose["services"]["statsfeeder-schema"]["command"]
+    assert schema[:2] == ["schema", "create"]
+    assert schema[schema.index("--username") + 1] == "statsfeeder_schema"
+    for service in ("statsfeeder", "statsfeeder-schema"):
+        assert compose["services"][service]["read_only"] is True
+    readme = (ROOT / "deploy" / "README.md").read_text()
+    for step in ("make-certs.sh", "vcenter_password", "cassandra-setup.sh", "docker compose up"):
+        assert step in readme
