@@ -4,10 +4,15 @@
 # the final stage gets only that tree: no compiler, build tool or source tree in the image.
 FROM python:3.11-slim AS build
 WORKDIR /src
-COPY pyproject.toml requirements.lock README.md ./
+# Dependencies first, at the versions of requirements.lock: this layer is rebuilt only when
+# pyproject.toml or the lock change, not on every change of the code.
+COPY pyproject.toml requirements.lock ./
+RUN python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'], sep='\n')" > dependencies.txt \
+ && pip install --no-cache-dir --disable-pip-version-check --prefix=/install \
+      -r dependencies.txt -c requirements.lock
+COPY README.md ./
 COPY statsfeeder ./statsfeeder
-RUN pip install --no-cache-dir --disable-pip-version-check --prefix=/install \
-      -c requirements.lock .
+RUN pip install --no-cache-dir --disable-pip-version-check --prefix=/install --no-deps .
 
 FROM python:3.11-slim
 # Keep in step with pyproject.toml's version (tests/unit/test_deploy.py checks).

@@ -16,118 +16,33 @@ import time
 import uuid
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import pytest
-import yaml
 
 from peers import podman, prometheus
 from peers.common import REPO, PeerError
 from statsfeeder import __version__
 from statsfeeder.sinks.cassandra.session import connect
 from tests.helpers import cassandra_config
+from tests.integration.containers import (
+    CONFIG,
+    SUCCESS,
+    Deployment,
+    free_port,
+    in_container,
+    metric,
+    mounts,
+    scraped,
+    setup_script,
+    start,
+    status,
+    stop_within,
+    wait_for,
+    write_config,
+)
 
 pytestmark = pytest.mark.container
-METRICS = ["cpu.usage.average", "mem.usage.average"]
-CONFIG = "/etc/statsfeeder/statsfeeder.yaml"
-SUCCESS = 'statsfeeder_cycle_last_success_timestamp_seconds{vcenter="vcsim"}'
-
-
-@dataclass
-class Deployment:
-    """A keyspace made by the schema role, and the service role allowed only into it."""
-
-    keyspace: str
-    schema_role: str
-    service_role: str
-    secrets: Path
-    files: dict[str, Path] = field(default_factory=dict)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-def metric(port: int, name: str) -> float | None:
-    try:
-        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
-    except httpx.HTTPError:
-        return None
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.rsplit(" ", 1)[1])
-    return None
-
-
-def status(port: int, path: str) -> int:
-    try:
-        return httpx.get(f"http://127.0.0.1:{port}{path}", timeout=2).status_code
-    except httpx.HTTPError:
-        return 0
-
-
-def setup_script(phase: str, cassandra_env: dict[str, str], deployment: Deployment) -> None:
-    """deploy/cassandra-setup.sh, with the peer's superuser standing in for the admin role."""
-    env = {**os.environ, "SECRETS_DIR": str(deployment.secrets),
-           "CASSANDRA_HOST": cassandra_env["CASSANDRA_HOSTS"].split(",")[0],
-           "CASSANDRA_PORT": cassandra_env["CASSANDRA_PORT"],
-           "CASSANDRA_CA_FILE": cassandra_env["CASSANDRA_CA_FILE"],
-           "ADMIN_ROLE": cassandra_env["CASSANDRA_USERNAME"],
-           "SCHEMA_ROLE": deployment.schema_role, "SERVICE_ROLE": deployment.service_role,
-           "KEYSPACE": deployment.keyspace, "CQLSH": str(Path(sys.executable).parent / "cqlsh")}
-    done = subprocess.run(["bash", str(REPO / "deploy" / "cassandra-setup.sh"), phase], env=env,
-                          capture_output=True, text=True, timeout=120, check=False)
-    assert done.returncode == 0, done.stderr
-    assert "password" not in done.stdout.lower()
-
-
-def mounts(deployment: Deployment, config: Path, secrets_dir: Path | None = None) -> list[str]:
-    """Config, CA and secrets as files, where docker-compose.yml mounts them."""
-    args = ["-v", f"{config}:{CONFIG}:ro"]
-    args += ["-v", f"{deployment.files['cassandra_ca']}:/etc/statsfeeder/cassandra-ca.pem:ro",
-             "-v", f"{deployment.files['vcenter_ca']}:/etc/statsfeeder/vcenter-ca.pem:ro"]
-    for name in ("vcenter_password", "cassandra_password", "cassandra_schema_password"):
-        secret = (secrets_dir or deployment.secrets) / name
-        args += ["-v", f"{secret}:/run/secrets/{name}:ro"]
-    return args
-
-
-def write_config(path: Path, deployment: Deployment, vcsim_env: dict[str, str],
-                 cassandra_env: dict[str, str]) -> Path:
-    raw = {
-        "vcenters": [{"name": "vcsim", "url": vcsim_env["VCSIM_URL"],
-                      "credentials": {"username": vcsim_env["VCSIM_USERNAME"],
-                                      "password_file": "/run/secrets/vcenter_password"},
-                      "tls": {"ca_file": "/etc/statsfeeder/vcenter-ca.pem"}}],
-        "collection": {"metrics": METRICS},
-        "cassandra": {"hosts": cassandra_env["CASSANDRA_HOSTS"].split(","),
-                      "port": int(cassandra_env["CASSANDRA_PORT"]),
-                      "credentials": {"username": deployment.service_role,
-                                      "password_file": "/run/secrets/cassandra_password"},
-                      "tls": {"ca_file": "/etc/statsfeeder/cassandra-ca.pem"},
-                      "keyspace": deployment.keyspace, "consistency": "ONE",
-                      "replication": {"replication_factor": 1}},
-        # Leases are lightweight transactions: the restricted role must be able to take them.
-        "ha": {"enabled": True, "lease_seconds": 30, "instance_id": f"ctr-{uuid.uuid4().hex[:6]}"},
-    }
-    path.write_text(yaml.safe_dump(raw))
-    path.chmod(0o444)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -181,50 +96,6 @@ def deployment(image: str, cassandra_env: dict[str, str], vcsim_env: dict[str, s
             cluster.shutdown()
     except Exception as exc:
         warnings.warn(f"left keyspace {deployment.keyspace} and its roles: {exc}", stacklevel=1)
-
-
-def start(image: str, deployment: Deployment, port: int, *extra: str,
-          secrets_dir: Path | None = None) -> str:
-    name = f"statsfeeder-test-{uuid.uuid4().hex[:8]}"
-    # As Docker does it: --read-only without podman's extra tmpfs mounts on /tmp and /run.
-    podman.run(["run", "-d", "--name", name, "--label", podman.LABEL, "--network", "host",
-                "--read-only", "--read-only-tmpfs=false", "--cap-drop=ALL",
-                "--security-opt", "no-new-privileges",
-                "-e", f"STATSFEEDER_TELEMETRY__LISTEN=127.0.0.1:{port}",
-                *mounts(deployment, deployment.files["config"], secrets_dir), *extra, image],
-               check=True)
-    return name
-
-
-def in_container(name: str, code: str) -> str:
-    done = podman.run(["exec", name, "python", "-c", code])
-    return (done.stdout + done.stderr).strip()
-
-
-def stop_within(name: str, seconds: float) -> tuple[int, float]:
-    began = time.monotonic()
-    podman.run(["kill", "--signal", "TERM", name], check=True)
-    code = podman.run(["wait", name], timeout=seconds + 30).stdout.strip()
-    return int(code), time.monotonic() - began
-
-
-def scraped(port: int, api: str) -> dict[str, float]:
-    """What the real Prometheus stored from this container (other tests may move its targets:
-    point them back here until the samples are in)."""
-    instance = f'instance="127.0.0.1:{port}"'
-    queries = {"up": f"statsfeeder_up{{{instance}}}",
-               "written": f'statsfeeder_samples_written_total{{sink="cassandra",{instance}}}',
-               "leases": f'statsfeeder_leases_held{{vcenter="vcsim",{instance}}}'}
-    values: dict[str, float] = {}
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and len(values) < len(queries):
-        prometheus.set_scrape_targets([f"127.0.0.1:{port}"], interval="1s")
-        time.sleep(2)
-        for key, query in queries.items():
-            result = httpx.get(api, params={"query": query}).json()["data"]["result"]
-            if result:
-                values[key] = float(result[0]["value"][1])
-    return values
 
 
 def test_image_runs_read_only_as_its_user_against_the_real_peers(
@@ -376,8 +247,9 @@ secrets:
             wait_for(lambda: status(port, "/readyz") == 200, 90, "/readyz")
         except AssertionError as exc:
             logs = podman.run(["logs", name])
-            raise AssertionError(f"{exc}: {up.stdout[-3000:]} {logs.stdout} {logs.stderr}"
-                                 ) from None
+            state = podman.run(["inspect", "--format", "{{json .State}}", name])
+            raise AssertionError(f"{exc}: {state.stdout} {state.stderr} {logs.stdout[-2000:]} "
+                                 f"{logs.stderr[-2000:]} {up.stderr[-1000:]}") from None
         print(f"compose build and start to ready: {time.monotonic() - began:.1f} s")
         [info] = json.loads(podman.run(["inspect", name], check=True).stdout)
         assert info["HostConfig"]["ReadonlyRootfs"] is True
@@ -391,3 +263,35 @@ secrets:
         assert info["State"]["ExitCode"] == 0
     finally:
         run("down", "-t", "0")
+
+
+def test_service_role_reads_and_writes_its_tables_and_nothing_more(
+        deployment: Deployment, cassandra_env: dict[str, str]) -> None:
+    """The rights cassandra-setup.sh grants are enough for the service (the runs above use
+    them: writes, reads, ha's lightweight transactions) and no more than that."""
+    from cassandra import Unauthorized
+
+    password = (deployment.secrets / "cassandra_password").read_text().strip()
+    config = cassandra_config({**cassandra_env, "CASSANDRA_USERNAME": deployment.service_role,
+                               "CASSANDRA_PASSWORD": password})
+    ks = deployment.keyspace
+    cluster, session = connect(config)
+    try:
+        taken = session.execute(f"INSERT INTO {ks}.leases (name, owner, acquired) VALUES "
+                                "('vcenter:rights', 'me', toTimestamp(now())) IF NOT EXISTS")
+        assert taken.one().applied
+        again = session.execute(f"UPDATE {ks}.leases SET owner = 'other' "
+                                "WHERE name = 'vcenter:rights' IF owner = 'nobody'")
+        assert not again.one().applied
+        assert session.execute(f"SELECT owner FROM {ks}.leases WHERE name = 'vcenter:rights'"
+                               ).one().owner == "me"
+        for denied in (f"CREATE TABLE {ks}.extra (k int PRIMARY KEY)",
+                       f"DROP TABLE {ks}.samples",
+                       f"ALTER TABLE {ks}.samples WITH gc_grace_seconds = 0",
+                       "CREATE KEYSPACE sf_denied WITH replication = "
+                       "{'class': 'SimpleStrategy', 'replication_factor': 1}",
+                       f"GRANT SELECT ON KEYSPACE {ks} TO {deployment.schema_role}"):
+            with pytest.raises(Unauthorized):
+                session.execute(denied)
+    finally:
+        cluster.shutdown()
