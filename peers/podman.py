@@ -19,9 +19,11 @@ There is no Docker engine here and no container registry is reachable, so:
   ``docker.io/library/python:3.11-slim`` in podman's own storage (``/var/lib/containers``).
   A real ``python:3.11-slim`` already in that storage is used as it is.
 * ``build_image()`` builds the unchanged Dockerfile with ``--format docker`` (the OCI format
-  drops ``HEALTHCHECK``), ``--network host`` and the host's CA bundle mounted read-only at
-  ``/etc/ssl/certs`` for the ``RUN pip install`` steps (PyPI is reached through it; Debian's
-  pip uses the system bundle). Layers are cached: an unchanged tree rebuilds in a few seconds.
+  drops ``HEALTHCHECK``), ``--pull=never`` (an image that is not here fails at once, in one
+  line, instead of trying a registry), ``--network host`` and the host's CA bundle mounted at
+  ``/etc/ssl/certs`` (read-only) for the ``RUN pip install`` steps (PyPI is reached through
+  it; Debian's pip uses the system bundle). Layers are cached: an unchanged tree rebuilds in
+  a few seconds; the dependency layer is rebuilt only when pyproject.toml or the lock change.
 
 Test containers carry the label ``io.statsfeeder.test``; ``down()`` removes them.
 Every failure raises ``PeerError`` with one line.
@@ -149,7 +151,8 @@ def ensure_base() -> None:
 
 def build_args() -> list[str]:
     """What ``podman build`` needs here beyond the Dockerfile (podman-compose gets them too)."""
-    return ["--format", "docker", "--network", "host", "-v", "/etc/ssl/certs:/etc/ssl/certs:ro"]
+    return ["--format", "docker", "--pull=never", "--network", "host",
+            "-v", "/etc/ssl/certs:/etc/ssl/certs:ro"]
 
 
 def build_image(tag: str = IMAGE, context: Path = common.REPO) -> float:

@@ -179,6 +179,14 @@ def test_a_wrong_secret_file_is_one_line_and_a_non_zero_exit(
         podman.remove(name)
 
 
+def test_a_build_that_needs_anything_else_fails_with_one_line(tmp_path: Path) -> None:
+    (tmp_path / "Dockerfile").write_text("FROM docker.io/library/alpine:3.19\nRUN true\n")
+    with pytest.raises(PeerError) as failed:
+        podman.build_image("localhost/statsfeeder-test:unbuildable", tmp_path)
+    assert "\n" not in str(failed.value)
+    assert str(failed.value).endswith("docker.io/library/alpine:3.19: image not known")
+
+
 def test_image_has_labels_no_build_tools_and_only_locked_dependencies(image: str) -> None:
     inspected = podman.inspect_image(image)
     labels = inspected["Labels"]
