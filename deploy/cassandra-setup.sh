@@ -57,18 +57,24 @@ cql() {  # user, password, statements: credentials through a private cqlshrc, no
 }
 
 admin_pw=$(secret cassandra_admin_password)
-if ! probe=$(cql "$admin" "$admin_pw" "SELECT release_version FROM system.local" 2>&1); then
-  [[ "$probe" == *AuthenticationFailed* ]] \
-    || fail "cannot reach Cassandra at $host:$port: $(tail -n 1 <<<"$probe")"
-  # A new cluster: the only login is the default superuser, whose password everyone knows.
-  [ "$admin" != cassandra ] || fail "the admin role cannot log in at $host:$port"
-  cql cassandra cassandra "CREATE ROLE IF NOT EXISTS $admin WITH SUPERUSER = true
-    AND LOGIN = true AND PASSWORD = '$(q "$admin_pw")'" >/dev/null \
-    || fail "neither $admin nor the default cassandra superuser can log in at $host:$port"
-  cql "$admin" "$admin_pw" "ALTER ROLE cassandra WITH SUPERUSER = false AND LOGIN = false" \
-    >/dev/null
-  echo "cassandra-setup: created the admin role $admin; the default cassandra login is disabled"
-fi
+login() { cql "$1" "$2" "SELECT release_version FROM system.local" 2>&1 >/dev/null; }
+# A node answers nodetool before it accepts logins, and creates its default superuser a few
+# seconds after that: try for up to a minute.
+for attempt in $(seq 1 30); do
+  probe=$(login "$admin" "$admin_pw") && break
+  if [ "$admin" != cassandra ] && login cassandra cassandra >/dev/null; then
+    # A new cluster: the only login is the default superuser, whose password everyone knows.
+    cql cassandra cassandra "CREATE ROLE IF NOT EXISTS $admin WITH SUPERUSER = true
+      AND LOGIN = true AND PASSWORD = '$(q "$admin_pw")'" >/dev/null
+    cql "$admin" "$admin_pw" "ALTER ROLE cassandra WITH SUPERUSER = false AND LOGIN = false" \
+      >/dev/null
+    echo "cassandra-setup: created the admin role $admin; the default cassandra login is disabled"
+    break
+  fi
+  [ "$attempt" -lt 30 ] \
+    || fail "$admin cannot log in at $host:$port: $(tail -n 1 <<<"$probe")"
+  sleep 2
+done
 
 if [ "$phase" = roles ]; then
   schema_pw=$(secret cassandra_schema_password)
