@@ -136,7 +136,8 @@ def test_image_runs_read_only_as_its_user_against_the_real_peers(
 
         code, took = stop_within(name, 10)
         assert (code, took < 10) == (0, True), f"exit {code} after {took:.1f} s"
-        log = podman.run(["logs", name]).stdout + podman.run(["logs", name]).stderr
+        logs = podman.run(["logs", name])
+        log = logs.stdout + logs.stderr
         assert "Traceback" not in log
         for secret in (deployment.secrets / "cassandra_password",
                        deployment.secrets / "vcenter_password"):
