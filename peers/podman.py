@@ -25,7 +25,10 @@ There is no Docker engine here and no container registry is reachable, so:
   it; Debian's pip uses the system bundle). Layers are cached: an unchanged tree rebuilds in
   a few seconds; the dependency layer is rebuilt only when pyproject.toml or the lock change.
 
-Test containers carry the label ``io.statsfeeder.test``; ``down()`` removes them.
+Without systemd, ``podman run`` of an image with a ``HEALTHCHECK`` logs two "unable to get
+systemd connection" errors (no timer for the periodic check) and runs the container anyway;
+``podman healthcheck run NAME`` runs the check on demand. Test containers carry the label
+``io.statsfeeder.test``; ``down()`` removes them.
 Every failure raises ``PeerError`` with one line.
 """
 
