@@ -118,7 +118,7 @@ def test_image_runs_read_only_as_its_user_against_the_real_peers(
                              "entities", "-c", CONFIG], timeout=120)
         assert listed.returncode == 0, listed.stderr
         vm = listed.stdout.splitlines()[0].split("\t")[0]
-        assert vm.startswith("urn:vcenter:vcsim:vm:")
+        assert vm.startswith("urn:vcenter:") and ":vm:" in vm
         shown = podman.run(["run", "--rm", "--network", "host", "--read-only",
                             *mounts(deployment, deployment.files["config"]), image, "query",
                             "-c", CONFIG, "--vm", vm, "--metric", "cpu.usage.average",
