@@ -1,4 +1,5 @@
-"""``statsfeeder`` commands: once | run | validate | schema create|update|show | query | sizing.
+"""``statsfeeder`` commands: once | run | serve | validate | schema create|update|show | query |
+sizing.
 
 Errors print one line on stderr naming what is at fault and exit non-zero; secrets are never
 printed.
@@ -212,6 +213,14 @@ def cmd_collect(args: argparse.Namespace) -> int:
     return asyncio.run(run_once(config) if args.command == "once" else run_service(config))
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from statsfeeder.config import load_read_config
+    from statsfeeder.readapi import serve
+
+    cassandra, read_api = load_read_config(args.config)
+    return asyncio.run(serve(cassandra, read_api))
+
+
 def cmd_kairosdb(args: argparse.Namespace) -> int:
     from statsfeeder.sinks.kairosdb.purge import purge
 
@@ -255,6 +264,10 @@ def parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=text)
         sub.add_argument("-c", "--config", type=Path, required=True)
         sub.set_defaults(handler=cmd_collect)
+    serve = commands.add_parser("serve", help="serve the Prometheus query API over the "
+                                "stored samples (the cassandra and read_api sections)")
+    serve.add_argument("-c", "--config", type=Path, required=True)
+    serve.set_defaults(handler=cmd_serve)
     validate = commands.add_parser("validate", help="check the config and reach every endpoint")
     validate.add_argument("-c", "--config", type=Path, required=True)
     validate.add_argument("--offline", action="store_true", help="only check the file")

@@ -370,6 +370,27 @@ class StateConfig(Strict):
     outage)."""
 
 
+class ReadApiConfig(Strict):
+    """The Prometheus query API over the stored samples (``statsfeeder serve``, or inside
+    ``run`` when enabled); docs/read-api.md."""
+
+    enabled: bool = False
+    listen: Annotated[str, Field(pattern=r"^[^:\s]*:\d{1,5}$")] = "127.0.0.1:9275"
+    lookback_minutes: Annotated[int, Field(ge=1, le=1440)] = 10
+    """How far an instant selector looks back: samples land in 5-minute batches, often late."""
+    query_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 120.0
+    max_series: Annotated[int, Field(ge=1)] = 50_000
+    """Most series one selector may load; more is refused (HTTP 422)."""
+    max_samples: Annotated[int, Field(ge=1)] = 50_000_000
+    """Most samples one query may hold in memory (Prometheus's query.max-samples)."""
+    read_concurrency: Annotated[int, Field(ge=1, le=512)] = 32
+    """Cassandra reads in flight for one query."""
+    entities_cache_seconds: Annotated[float, Field(ge=0)] = 60.0
+    """How long the VM list and metric units are reused before they are read again."""
+    engine_binary: Path | None = None
+    """A prebuilt PromQL engine; by default it is built once with Go and cached."""
+
+
 class Config(Strict):
     vcenters: Annotated[list[VCenterConfig], Field(min_length=1)]
     collection: CollectionConfig = CollectionConfig()
@@ -379,6 +400,7 @@ class Config(Strict):
     kairosdb: KairosDBConfig = KairosDBConfig()
     ha: HAConfig = HAConfig()
     state: StateConfig = StateConfig()
+    read_api: ReadApiConfig = ReadApiConfig()
 
     @property
     def watermarks_file(self) -> Path | None:
@@ -414,6 +436,8 @@ class Config(Strict):
                              "to true")
         if self.ha.enabled and not self.cassandra.enabled:
             raise ValueError("ha.enabled needs cassandra.enabled: the leases live there")
+        if self.read_api.enabled and not self.cassandra.enabled:
+            raise ValueError("read_api.enabled needs cassandra.enabled: it reads from there")
         return self
 
     @field_validator("vcenters")
@@ -431,9 +455,10 @@ class Config(Strict):
 from statsfeeder.config_loading import (  # noqa: E402
     ENV_PREFIX,
     load_config,
+    load_read_config,
     parse_cassandra,
     parse_config,
 )
 
-__all__ = ["ENV_PREFIX", "Config", "ConfigError", "load_config", "parse_cassandra",
-           "parse_config"]
+__all__ = ["ENV_PREFIX", "Config", "ConfigError", "ReadApiConfig", "load_config",
+           "load_read_config", "parse_cassandra", "parse_config"]

@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from statsfeeder.config import CassandraConfig, Config
+from statsfeeder.config import CassandraConfig, Config, ReadApiConfig
 from statsfeeder.config_checks import redact_url
 from statsfeeder.errors import ConfigError
 
@@ -97,6 +97,29 @@ def parse_config(raw: Any, environ: dict[str, str] | None = None) -> Config:
 
 
 def load_config(path: Path, environ: dict[str, str] | None = None) -> Config:
+    return parse_config(_read_yaml(path), environ)
+
+
+def load_read_config(path: Path, environ: dict[str, str] | None = None
+                     ) -> tuple[CassandraConfig, ReadApiConfig]:
+    """The cassandra and read_api sections alone (``statsfeeder serve``): a read replica
+    needs no vCenter credentials."""
+    raw = _read_yaml(path)
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError("config: the top level must be a mapping of sections")
+    environ = dict(os.environ if environ is None else environ)
+    raw = _apply_env(raw, environ)
+    cassandra = parse_cassandra(raw.get("cassandra") or {}, environ)
+    try:
+        read_api = ReadApiConfig.model_validate(raw.get("read_api") or {})
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc, "read_api")) from None
+    return cassandra, read_api
+
+
+def _read_yaml(path: Path) -> Any:
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -114,7 +137,7 @@ def load_config(path: Path, environ: dict[str, str] | None = None) -> Config:
         where = f" line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ConfigError(f"config: {path}{where}: {problem}") from None
-    return parse_config(raw, environ)
+    return raw
 
 
 def parse_cassandra(raw: dict[str, Any], environ: dict[str, str] | None = None

@@ -202,8 +202,14 @@ async def run_service(config: Config, drain_seconds: float = 60.0) -> int:
             raise
 
     background: list[asyncio.Task[None]] = []
+    read_api = None
     try:
         await service.open()
+        if config.read_api.enabled:
+            from statsfeeder.readapi.server import ReadApi
+
+            read_api = ReadApi(config.read_api, config.cassandra)
+            await read_api.start()
         if service.vcd is not None:
             background.append(asyncio.create_task(service.vcd.run_refresher(stopping)))
         background.append(asyncio.create_task(service.health.run(stopping)))
@@ -253,5 +259,7 @@ async def run_service(config: Config, drain_seconds: float = 60.0) -> int:
     finally:
         telemetry.up.set(0)
         server.shutdown()
+        if read_api is not None:
+            await read_api.stop()
         await asyncio.to_thread(service.close)
 

@@ -1,0 +1,309 @@
+package main
+
+// The storage side of the engine: a storage.Queryable whose Select asks the statsfeeder
+// process that started us for the matching series (it reads them from Cassandra, limited to
+// the caller's scope) and decodes its compact binary answer.
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net/http"
+	"sort"
+
+	"github.com/prometheus/prometheus/model/histogram"
+	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/storage"
+	"github.com/prometheus/prometheus/tsdb/chunkenc"
+	"github.com/prometheus/prometheus/util/annotations"
+)
+
+// Frame markers after the magic: a series starts with its label count (< markerEnd).
+const (
+	frameMagic  = "SFS1"
+	markerEnd   = 0xFFFFFFFF
+	markerError = 0xFFFFFFFE
+)
+
+type selectRequest struct {
+	Start    int64         `json:"start"`
+	End      int64         `json:"end"`
+	Step     int64         `json:"step"`
+	Range    int64         `json:"range"`
+	Func     string        `json:"func"`
+	Matchers []matcherJSON `json:"matchers"`
+	Scope    string        `json:"scope"`
+	Limit    int           `json:"limit"`
+}
+
+type matcherJSON struct {
+	Type  string `json:"type"`
+	Name  string `json:"name"`
+	Value string `json:"value"`
+}
+
+type remoteStore struct {
+	url    string
+	secret string
+	client *http.Client
+}
+
+// queryable binds the store to one caller's scope: every Select of the query carries it.
+func (s *remoteStore) queryable(scope string) storage.Queryable {
+	return storage.QueryableFunc(func(mint, maxt int64) (storage.Querier, error) {
+		return &remoteQuerier{store: s, scope: scope, mint: mint, maxt: maxt}, nil
+	})
+}
+
+type remoteQuerier struct {
+	store      *remoteStore
+	scope      string
+	mint, maxt int64
+}
+
+func (q *remoteQuerier) Select(ctx context.Context, _ bool, hints *storage.SelectHints,
+	matchers ...*labels.Matcher) storage.SeriesSet {
+	request := selectRequest{Start: q.mint, End: q.maxt, Scope: q.scope}
+	if hints != nil {
+		request.Start, request.End = hints.Start, hints.End
+		request.Step, request.Range, request.Func = hints.Step, hints.Range, hints.Func
+		request.Limit = hints.Limit
+	}
+	for _, m := range matchers {
+		request.Matchers = append(request.Matchers,
+			matcherJSON{Type: m.Type.String(), Name: m.Name, Value: m.Value})
+	}
+	series, err := q.store.fetch(ctx, request)
+	if err != nil {
+		return storage.ErrSeriesSet(err)
+	}
+	// The store pre-filters with Python's regular expressions; the engine's own matchers
+	// (RE2, fully anchored) decide.
+	kept := series[:0]
+	for _, s := range series {
+		if matchesAll(s.lset, matchers) {
+			kept = append(kept, s)
+		}
+	}
+	sort.Slice(kept, func(i, j int) bool { return labels.Compare(kept[i].lset, kept[j].lset) < 0 })
+	return &listSet{series: kept, index: -1}
+}
+
+func matchesAll(lset labels.Labels, matchers []*labels.Matcher) bool {
+	for _, m := range matchers {
+		if !m.Matches(lset.Get(m.Name)) {
+			return false
+		}
+	}
+	return true
+}
+
+func (*remoteQuerier) LabelValues(context.Context, string, *storage.LabelHints,
+	...*labels.Matcher) ([]string, annotations.Annotations, error) {
+	return nil, nil, nil // the engine never asks during evaluation; the label API selects
+}
+
+func (*remoteQuerier) LabelNames(context.Context, *storage.LabelHints,
+	...*labels.Matcher) ([]string, annotations.Annotations, error) {
+	return nil, nil, nil
+}
+
+func (*remoteQuerier) Close() error { return nil }
+
+// storeError is a refusal the store explained (a limit): shown to the caller as it is.
+type storeError struct{ message string }
+
+func (e storeError) Error() string { return e.message }
+
+// storageFailure is the store failing (Cassandra unreachable): Prometheus's "internal".
+type storageFailure struct{ message string }
+
+func (e storageFailure) Error() string { return e.message }
+
+func (s *remoteStore) fetch(ctx context.Context, request selectRequest) ([]*memSeries, error) {
+	body, err := json.Marshal(request)
+	if err != nil {
+		return nil, err
+	}
+	httpRequest, err := http.NewRequestWithContext(ctx, http.MethodPost, s.url,
+		bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	httpRequest.Header.Set("Content-Type", "application/json")
+	httpRequest.Header.Set(secretHeader, s.secret)
+	response, err := s.client.Do(httpRequest)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, storageFailure{fmt.Sprintf("storage: %v", err)}
+	}
+	defer response.Body.Close()
+	if response.StatusCode != http.StatusOK {
+		text, _ := io.ReadAll(io.LimitReader(response.Body, 4096))
+		return nil, storageFailure{fmt.Sprintf("storage: %s", bytes.TrimSpace(text))}
+	}
+	return decodeFrame(bufio.NewReaderSize(response.Body, 1<<16))
+}
+
+// decodeFrame reads "SFS1", then per series: u32 label count, per label u16-length-prefixed
+// name and u32-length-prefixed value, u32 point count, the int64 timestamps (ms), the float64
+// values; a u32 markerEnd closes the frame, markerError + a u32-prefixed message aborts it.
+// All little-endian.
+func decodeFrame(r *bufio.Reader) ([]*memSeries, error) {
+	magic := make([]byte, 4)
+	if _, err := io.ReadFull(r, magic); err != nil || string(magic) != frameMagic {
+		return nil, errors.New("storage: bad frame")
+	}
+	var out []*memSeries
+	for {
+		count, err := readU32(r)
+		if err != nil {
+			return nil, err
+		}
+		switch count {
+		case markerEnd:
+			return out, nil
+		case markerError:
+			message, err := readBytes(r, 4)
+			if err != nil {
+				return nil, err
+			}
+			return nil, storeError{string(message)}
+		}
+		builder := labels.NewScratchBuilder(int(count))
+		for i := uint32(0); i < count; i++ {
+			name, err := readBytes(r, 2)
+			if err != nil {
+				return nil, err
+			}
+			value, err := readBytes(r, 4)
+			if err != nil {
+				return nil, err
+			}
+			builder.Add(string(name), string(value))
+		}
+		builder.Sort()
+		points, err := readU32(r)
+		if err != nil {
+			return nil, err
+		}
+		raw := make([]byte, 16*int(points))
+		if _, err := io.ReadFull(r, raw); err != nil {
+			return nil, fmt.Errorf("storage: truncated frame: %w", err)
+		}
+		series := &memSeries{lset: builder.Labels(), t: make([]int64, points),
+			v: make([]float64, points)}
+		for i := 0; i < int(points); i++ {
+			series.t[i] = int64(binary.LittleEndian.Uint64(raw[8*i:]))
+			series.v[i] = math.Float64frombits(binary.LittleEndian.Uint64(raw[8*(int(points)+i):]))
+		}
+		out = append(out, series)
+	}
+}
+
+func readU32(r *bufio.Reader) (uint32, error) {
+	var buf [4]byte
+	if _, err := io.ReadFull(r, buf[:]); err != nil {
+		return 0, fmt.Errorf("storage: truncated frame: %w", err)
+	}
+	return binary.LittleEndian.Uint32(buf[:]), nil
+}
+
+func readBytes(r *bufio.Reader, prefix int) ([]byte, error) {
+	var buf [4]byte
+	if _, err := io.ReadFull(r, buf[:prefix]); err != nil {
+		return nil, fmt.Errorf("storage: truncated frame: %w", err)
+	}
+	n := uint32(binary.LittleEndian.Uint16(buf[:2]))
+	if prefix == 4 {
+		n = binary.LittleEndian.Uint32(buf[:])
+	}
+	out := make([]byte, n)
+	if _, err := io.ReadFull(r, out); err != nil {
+		return nil, fmt.Errorf("storage: truncated frame: %w", err)
+	}
+	return out, nil
+}
+
+// memSeries is one decoded series: timestamps ascending, in milliseconds.
+type memSeries struct {
+	lset labels.Labels
+	t    []int64
+	v    []float64
+}
+
+func (s *memSeries) Labels() labels.Labels { return s.lset }
+
+func (s *memSeries) Iterator(chunkenc.Iterator) chunkenc.Iterator {
+	return &memIterator{series: s, index: -1}
+}
+
+type memIterator struct {
+	series *memSeries
+	index  int
+}
+
+func (it *memIterator) Next() chunkenc.ValueType {
+	if it.index+1 >= len(it.series.t) {
+		it.index = len(it.series.t)
+		return chunkenc.ValNone
+	}
+	it.index++
+	return chunkenc.ValFloat
+}
+
+func (it *memIterator) Seek(t int64) chunkenc.ValueType {
+	if it.index < 0 {
+		it.index = 0
+	}
+	if it.index >= len(it.series.t) {
+		return chunkenc.ValNone
+	}
+	if it.series.t[it.index] >= t {
+		return chunkenc.ValFloat
+	}
+	rest := it.series.t[it.index:]
+	it.index += sort.Search(len(rest), func(i int) bool { return rest[i] >= t })
+	if it.index >= len(it.series.t) {
+		return chunkenc.ValNone
+	}
+	return chunkenc.ValFloat
+}
+
+func (it *memIterator) At() (int64, float64) {
+	return it.series.t[it.index], it.series.v[it.index]
+}
+
+func (*memIterator) AtHistogram(*histogram.Histogram) (int64, *histogram.Histogram) {
+	panic("statsfeeder stores no histograms")
+}
+
+func (*memIterator) AtFloatHistogram(*histogram.FloatHistogram) (int64, *histogram.FloatHistogram) {
+	panic("statsfeeder stores no histograms")
+}
+
+func (it *memIterator) AtT() int64 { return it.series.t[it.index] }
+func (*memIterator) AtST() int64   { return 0 }
+func (*memIterator) Err() error    { return nil }
+
+type listSet struct {
+	series []*memSeries
+	index  int
+}
+
+func (s *listSet) Next() bool {
+	s.index++
+	return s.index < len(s.series)
+}
+
+func (s *listSet) At() storage.Series              { return s.series[s.index] }
+func (*listSet) Err() error                        { return nil }
+func (*listSet) Warnings() annotations.Annotations { return nil }

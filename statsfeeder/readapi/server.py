@@ -1,0 +1,286 @@
+"""The read API's HTTP front: Prometheus's query API (GET and POST form) with its JSON
+envelope, error types and status codes, over the samples stored in Cassandra.
+
+Queries are checked here and evaluated by the engine child (Prometheus's ``promql``); its
+Selects come back to this process's internal endpoint (127.0.0.1, a random port, a random
+per-process secret) and are answered from Cassandra by ``SeriesStore``, limited to the
+caller's scope. A scope travels through the engine as an opaque per-request token, so the
+engine can neither widen nor forge it. ``authorize`` turns a request into a scope (``None``:
+provider-wide); the default serves everything provider-wide.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from statsfeeder import __version__
+from statsfeeder.config import CassandraConfig, ReadApiConfig
+from statsfeeder.readapi import params
+from statsfeeder.readapi.engine import PROMETHEUS_VERSION, EngineProcess, ensure_binary
+from statsfeeder.readapi.params import ApiError
+from statsfeeder.readapi.store import Scope, SelectRequest, SeriesStore
+
+log = logging.getLogger(__name__)
+
+Authorizer = Callable[[web.Request], Awaitable[Scope]]
+SECRET_HEADER = "X-Statsfeeder-Secret"
+Form = dict[str, list[str]]
+
+
+async def provider_wide(request: web.Request) -> Scope:
+    return None
+
+
+def success(data: Any, **extra: Any) -> web.Response:
+    return web.json_response({"status": "success", "data": data, **extra})
+
+
+def failure(error: ApiError) -> web.Response:
+    return web.json_response({"status": "error", "errorType": error.error_type,
+                              "error": error.message}, status=error.status)
+
+
+class ReadApi:
+    def __init__(self, config: ReadApiConfig, cassandra: CassandraConfig,
+                 authorize: Authorizer = provider_wide) -> None:
+        self.config = config
+        self.cassandra = cassandra
+        self.authorize = authorize
+        self._secret = secrets.token_urlsafe(32)
+        self._scopes: dict[str, Scope] = {}
+        self._cluster: Any = None
+        self.store: SeriesStore | None = None
+        self._engine: EngineProcess | None = None
+        self._engine_lock = asyncio.Lock()
+        self._client: aiohttp.ClientSession | None = None
+        self._runners: list[web.AppRunner] = []
+        self.port = 0
+
+    # --- life cycle -------------------------------------------------------------------
+    async def start(self) -> None:
+        from statsfeeder.sinks.cassandra import schema
+        from statsfeeder.sinks.cassandra.session import connect
+
+        def open_store() -> SeriesStore:
+            self._cluster, session = connect(self.cassandra)
+            schema.check(session, self.cassandra.keyspace)
+            return SeriesStore(session, self.cassandra.keyspace,
+                               ttl_days=self.cassandra.ttl_days,
+                               max_series=self.config.max_series,
+                               concurrency=self.config.read_concurrency,
+                               cache_seconds=self.config.entities_cache_seconds)
+
+        self.store = await asyncio.to_thread(open_store)
+        internal = web.Application(client_max_size=1 << 20)
+        internal.router.add_post("/select", self._select)
+        internal_port = await self._serve(internal, "127.0.0.1", 0)
+        binary = await asyncio.to_thread(ensure_binary, self.config.engine_binary)
+        self._engine = EngineProcess(
+            binary, storage_url=f"http://127.0.0.1:{internal_port}/select", secret=self._secret,
+            lookback_seconds=self.config.lookback_minutes * 60,
+            timeout_seconds=self.config.query_timeout_seconds,
+            max_samples=self.config.max_samples, max_series=self.config.max_series)
+        await self._engine.start()
+        self._client = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(
+            total=self.config.query_timeout_seconds + 30))
+        host, _, port = self.config.listen.rpartition(":")
+        self.port = await self._serve(self.application(), host or "0.0.0.0", int(port))
+        log.info("read API: Prometheus query API on %s:%d (lookback %d min)", host or "0.0.0.0",
+                 self.port, self.config.lookback_minutes)
+
+    async def _serve(self, app: web.Application, host: str, port: int) -> int:
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        self._runners.append(runner)
+        server = getattr(site, "_server", None)
+        sockets = getattr(server, "sockets", None) or []
+        return int(sockets[0].getsockname()[1]) if sockets else port
+
+    async def stop(self) -> None:
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+        self._runners.clear()
+        if self._client is not None:
+            await self._client.close()
+        if self._engine is not None:
+            await self._engine.stop()
+        if self._cluster is not None:
+            await asyncio.to_thread(self._cluster.shutdown)
+            self._cluster = None
+
+    def application(self) -> web.Application:
+        app = web.Application(client_max_size=1 << 20)
+        routes = [("/api/v1/query", self._query), ("/api/v1/query_range", self._query_range),
+                  ("/api/v1/series", self._series), ("/api/v1/labels", self._labels),
+                  ("/api/v1/label/{name}/values", self._label_values),
+                  ("/api/v1/metadata", self._metadata),
+                  ("/api/v1/status/buildinfo", self._buildinfo)]
+        for path, handler in routes:
+            app.router.add_get(path, self._wrap(handler))
+            app.router.add_post(path, self._wrap(handler))
+        return app
+
+    # --- public endpoints ---------------------------------------------------------------
+    def _wrap(self, handler: Callable[[web.Request, Form, Scope], Awaitable[web.Response]]
+              ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def run(request: web.Request) -> web.StreamResponse:
+            scope = await self.authorize(request)  # raises its own 401 before any work
+            form: Form = {}
+            for key, value in request.query.items():
+                form.setdefault(key, []).append(value)
+            if request.method == "POST":
+                for key, item in (await request.post()).items():
+                    if isinstance(item, str):
+                        form.setdefault(key, []).append(item)
+            try:
+                return await handler(request, form, scope)
+            except ApiError as exc:
+                return failure(exc)
+        return run
+
+    async def _query(self, request: web.Request, form: Form, scope: Scope) -> web.Response:
+        params.limit_param(form)
+        at = params.time_param(form, "time", round(time.time(), 3))
+        timeout = params.timeout_param(form, self.config.query_timeout_seconds)
+        return await self._forward("/query", [("query", params.first(form, "query")),
+                                              ("time", repr(at)), ("timeout", repr(timeout))],
+                                   scope)
+
+    async def _query_range(self, request: web.Request, form: Form, scope: Scope
+                           ) -> web.Response:
+        params.limit_param(form)
+        start, end, step = params.range_params(form)
+        timeout = params.timeout_param(form, self.config.query_timeout_seconds)
+        return await self._forward("/query_range", [
+            ("query", params.first(form, "query")), ("start", repr(start)), ("end", repr(end)),
+            ("step", repr(step)), ("timeout", repr(timeout))], scope)
+
+    def _metadata_fields(self, form: Form) -> list[tuple[str, str]]:
+        limit = params.limit_param(form)
+        now = time.time()
+        # Prometheus's defaults are all of time; nothing older than the TTL is stored.
+        start = params.time_param(form, "start", params.MIN_TIME)
+        end = params.time_param(form, "end", params.MAX_TIME)
+        start = min(max(start, now - (self.cassandra.ttl_days + 1) * 86400), now + 86400)
+        end = max(min(end, now + 86400), start)
+        fields = [("start", repr(start)), ("end", repr(end)), ("limit", str(limit)),
+                  ("timeout", repr(self.config.query_timeout_seconds))]
+        return fields + [("match[]", item) for item in form.get("match[]", [])]
+
+    async def _series(self, request: web.Request, form: Form, scope: Scope) -> web.Response:
+        return await self._forward("/series", self._metadata_fields(form), scope)
+
+    async def _labels(self, request: web.Request, form: Form, scope: Scope) -> web.Response:
+        return await self._forward("/labels", self._metadata_fields(form), scope)
+
+    async def _label_values(self, request: web.Request, form: Form, scope: Scope
+                            ) -> web.Response:
+        fields = [("name", request.match_info["name"]), *self._metadata_fields(form)]
+        return await self._forward("/label_values", fields, scope)
+
+    async def _metadata(self, request: web.Request, form: Form, scope: Scope) -> web.Response:
+        assert self.store is not None
+        limit = params.limit_param(form)
+        only = params.first(form, "metric")
+        catalog = await asyncio.to_thread(self.store.metrics)
+        data: dict[str, list[dict[str, str]]] = {}
+        for name, info in sorted(catalog.items()):
+            if only and name != only:
+                continue
+            if limit and len(data) >= limit:
+                break
+            data[name] = [{"type": "gauge", "unit": info.unit,
+                           "help": f"vCenter counter {info.metric} ({info.unit or 'number'}), "
+                                   "20-second samples"}]
+        return success(data)
+
+    async def _buildinfo(self, request: web.Request, form: Form, scope: Scope) -> web.Response:
+        # Prometheus 3.16's engine is embedded: clients that gate features on the version
+        # see what it can do.
+        return success({"version": "3.16.0", "revision": f"statsfeeder-{__version__}",
+                        "branch": "statsfeeder", "buildUser": "", "buildDate": "",
+                        "goVersion": "", "engine": f"prometheus {PROMETHEUS_VERSION}"})
+
+    # --- engine round trip ----------------------------------------------------------------
+    async def _forward(self, path: str, fields: list[tuple[str, str]], scope: Scope
+                       ) -> web.Response:
+        token = secrets.token_urlsafe(16)
+        self._scopes[token] = scope
+        try:
+            for attempt in (1, 2):
+                engine = await self._running_engine()
+                assert self._client is not None
+                try:
+                    async with self._client.post(
+                            engine.url + path, data=[*fields, ("scope", token)],
+                            headers={SECRET_HEADER: self._secret}) as answer:
+                        body = await answer.read()
+                        return web.Response(body=body, status=answer.status,
+                                            content_type="application/json")
+                except aiohttp.ClientConnectionError:
+                    if attempt == 2 or engine.running:
+                        raise ApiError(params.UNAVAILABLE,
+                                       "the query engine is not reachable") from None
+                    log.error("read API: the PromQL engine exited; restarting it")
+            raise AssertionError("unreachable")
+        except TimeoutError:
+            raise ApiError(params.TIMEOUT, "query timed out") from None
+        finally:
+            self._scopes.pop(token, None)
+
+    async def _running_engine(self) -> EngineProcess:
+        assert self._engine is not None
+        async with self._engine_lock:
+            if not self._engine.running:
+                await self._engine.stop()
+                await self._engine.start()
+        return self._engine
+
+    # --- internal: the engine's Selects ------------------------------------------------------
+    async def _select(self, request: web.Request) -> web.StreamResponse:
+        given = request.headers.get(SECRET_HEADER, "")
+        if not hmac.compare_digest(given.encode(), self._secret.encode()):
+            raise web.HTTPForbidden()
+        body = json.loads(await request.read())
+        token = str(body.get("scope", ""))
+        if token not in self._scopes:
+            raise web.HTTPForbidden(text="unknown scope")
+        scope = self._scopes[token]
+        select = SelectRequest.from_json(body)
+        store = self.store
+        assert store is not None
+        try:
+            pieces = await asyncio.to_thread(lambda: list(store.select(select, scope)))
+        except Exception as exc:  # Cassandra unreachable, timeouts: one line to the caller
+            text = " ".join(str(exc).split())[:300]
+            log.error("read API: reading series failed: %s: %s", type(exc).__name__, text)
+            raise web.HTTPInternalServerError(
+                text=f"cassandra: {type(exc).__name__}: {text}") from None
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        await response.prepare(request)
+        for piece in pieces:
+            await response.write(piece)
+        await response.write_eof()
+        return response
+
+
+async def serve_forever(api: ReadApi, stopping: asyncio.Event) -> None:
+    await api.start()
+    try:
+        await stopping.wait()
+    finally:
+        with contextlib.suppress(Exception):
+            await api.stop()

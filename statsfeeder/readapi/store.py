@@ -1,0 +1,211 @@
+"""Answers the engine's Selects from Cassandra: the series that match the label matchers, have
+samples in the time range asked, and belong to the caller's scope, as one compact binary
+frame (labels, then int64 millisecond timestamps and float64 values, numpy ``tobytes``).
+
+Tenant isolation happens here: with ``scope`` a set of org names, a VM of any other org (and
+any VM without an org) does not exist for the query. ``None`` is provider-wide. Reads go VM by
+VM, one request per VM-day partition (every wanted metric in one slice), so memory follows the
+query's answer, not the store. The engine applies the matchers again with its own (RE2)
+regular expressions; this pre-filter only has to keep every series they could match.
+"""
+
+from __future__ import annotations
+
+import calendar
+import re
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from statsfeeder.readapi.names import (
+    ENTITY_LABELS,
+    Entity,
+    StoredMetric,
+    catalog,
+    series_labels,
+)
+from statsfeeder.sinks.cassandra.encoder import decode_window
+from statsfeeder.sources.vcenter.query import STORAGE_WINDOW
+
+Scope = frozenset[str] | None
+"""The orgs a caller may read; None: every VM (provider-wide)."""
+
+MAGIC = b"SFS1"
+END = struct.pack("<I", 0xFFFFFFFF)
+ERROR = 0xFFFFFFFE
+
+
+@dataclass(frozen=True)
+class Matcher:
+    kind: str  # "=", "!=", "=~", "!~"
+    name: str
+    value: str
+
+    def compile(self) -> Callable[[str], bool]:
+        if self.kind in ("=", "!="):
+            equal = self.kind == "="
+            return lambda given: (given == self.value) == equal
+        try:
+            pattern = re.compile(self.value, re.DOTALL)
+        except re.error:
+            # A pattern Python cannot read (RE2-only syntax): keep everything here; the
+            # engine's own matcher filters exactly.
+            return lambda given: True
+        positive = self.kind == "=~"
+        return lambda given: (pattern.fullmatch(given) is not None) == positive
+
+
+@dataclass(frozen=True)
+class SelectRequest:
+    start_ms: int
+    end_ms: int
+    matchers: tuple[Matcher, ...]
+    series_only: bool = False
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> SelectRequest:
+        matchers = tuple(Matcher(str(m["type"]), str(m["name"]), str(m["value"]))
+                         for m in body.get("matchers") or ())
+        return cls(int(body["start"]), int(body["end"]), matchers, body.get("func") == "series")
+
+
+class SeriesLimit(Exception):
+    pass
+
+
+class SeriesStore:
+    """Reads series for the read API; blocking (driver calls): run it in a worker thread."""
+
+    def __init__(self, session: Any, keyspace: str, *, ttl_days: int, max_series: int,
+                 concurrency: int = 32, cache_seconds: float = 60.0) -> None:
+        self._session = session
+        self._keyspace = keyspace
+        self._ttl = ttl_days * 86400
+        self.max_series = max_series
+        self._concurrency = concurrency
+        self._cache_seconds = cache_seconds
+        self._lock = threading.Lock()
+        self._loaded_at = -1e18
+        self._entities: list[Entity] = []
+        self._catalog: dict[str, StoredMetric] = {}
+        self._read = session.prepare(
+            f"SELECT metric, instance, window_start, data FROM {keyspace}.samples "
+            "WHERE vm_id = ? AND day = ? AND metric IN ? AND window_start >= ? "
+            "AND window_start <= ?")
+
+    def refresh(self, force: bool = False) -> None:
+        """Entities and metric units, re-read at most every ``cache_seconds``."""
+        with self._lock:
+            if not force and time.monotonic() - self._loaded_at < self._cache_seconds:
+                return
+            ks = self._keyspace
+            rows = self._session.execute(
+                f"SELECT vm_id, name, vapp, vdc, org, vcenter, moref FROM {ks}.entities")
+            self._entities = sorted(
+                (Entity(r.vm_id, r.name or "", r.vapp or "", r.vdc or "", r.org or "",
+                        r.vcenter or "", r.moref or "") for r in rows), key=lambda e: e.vm)
+            self._catalog = catalog((r.metric, r.unit, r.scale) for r in self._session.execute(
+                f"SELECT metric, unit, scale FROM {ks}.metrics"))
+            self._loaded_at = time.monotonic()
+
+    def metrics(self) -> dict[str, StoredMetric]:
+        self.refresh()
+        return dict(self._catalog)
+
+    def select(self, request: SelectRequest, scope: Scope) -> Iterator[bytes]:
+        """The frame for one Select, in pieces; a limit overrun ends it with an error."""
+        yield MAGIC
+        try:
+            for labels, stamps, values in self.series(request, scope):
+                yield encode_series(labels, stamps, values)
+        except SeriesLimit as exc:
+            message = str(exc).encode()
+            yield struct.pack("<II", ERROR, len(message)) + message
+            return
+        yield END
+
+    def series(self, request: SelectRequest, scope: Scope
+               ) -> Iterator[tuple[dict[str, str], np.ndarray, np.ndarray]]:
+        self.refresh()
+        checks = [(m.name, m.compile()) for m in request.matchers]
+        known = {"__name__", *ENTITY_LABELS, "device"}
+        if any(name not in known and not check("") for name, check in checks):
+            return  # a label no stored series has, required to be non-empty
+        wanted = [m for name, m in self._catalog.items()
+                  if all(check(name) for label, check in checks if label == "__name__")]
+        entity_checks = [(n, c) for n, c in checks if n in ENTITY_LABELS]
+        vms = [(e, e.labels()) for e in self._entities
+               if (scope is None or (e.org and e.org in scope))]
+        vms = [(e, labels) for e, labels in vms
+               if all(check(labels.get(name, "")) for name, check in entity_checks)]
+        if not wanted or not vms:
+            return
+        oldest = (time.time() - self._ttl - 86400) * 1000
+        start_ms, end_ms = max(request.start_ms, int(oldest)), request.end_ms
+        if end_ms < start_ms:
+            return
+        first_s, last_s = -(-start_ms // 1000), end_ms // 1000
+        days = range((first_s - STORAGE_WINDOW) // 86400, last_s // 86400 + 1)
+        by_metric = {m.metric: m for m in wanted}
+        metric_list = sorted(by_metric)
+        params = [(e.vm, day, metric_list, (first_s - STORAGE_WINDOW) * 1000, last_s * 1000)
+                  for e, _ in vms for day in days]
+        count = 0
+        results = self._execute(params)
+        for _entity, labels in vms:
+            parts: dict[tuple[str, str], list[tuple[np.ndarray, np.ndarray]]] = {}
+            for _ in days:
+                for row in next(results):
+                    start = calendar.timegm(row.window_start.utctimetuple())
+                    key = (row.metric, row.instance)
+                    if request.series_only and first_s <= start and start + STORAGE_WINDOW <= \
+                            last_s and key in parts:
+                        continue  # existence is all a metadata answer needs
+                    parts.setdefault(key, []).append(decode_window(start, row.data))
+            for (metric, instance), pieces in sorted(parts.items()):
+                info = by_metric[metric]
+                stamps = np.concatenate([p[0] for p in pieces])
+                keep = (stamps >= first_s) & (stamps <= last_s)
+                if not keep.any():
+                    continue
+                full = series_labels(info.name, labels, instance)
+                if not all(check(full.get(name, "")) for name, check in checks):
+                    continue
+                count += 1
+                if count > self.max_series:
+                    raise SeriesLimit(f"query selects more than {self.max_series} series "
+                                      "(read_api.max_series); narrow the selector")
+                if request.series_only:
+                    yield full, stamps[:0], np.empty(0)
+                    continue
+                values = np.concatenate([p[1] for p in pieces])[keep]
+                yield full, stamps[keep], values.astype(np.float64) * info.scale
+
+    def _execute(self, params: list[tuple[Any, ...]]) -> Iterator[list[Any]]:
+        """Rows of each request, in order, with at most ``concurrency`` in flight."""
+        futures: list[Any] = []
+        position = 0
+        for index in range(len(params)):
+            while position < len(params) and position < index + self._concurrency:
+                futures.append(self._session.execute_async(self._read, params[position]))
+                position += 1
+            future = futures[index]
+            futures[index] = None
+            yield list(future.result())
+
+
+def encode_series(labels: Mapping[str, str], stamps: np.ndarray, values: np.ndarray) -> bytes:
+    out = [struct.pack("<I", len(labels))]
+    for name, value in sorted(labels.items()):
+        raw_name, raw_value = name.encode(), value.encode()
+        out.append(struct.pack("<H", len(raw_name)) + raw_name
+                   + struct.pack("<I", len(raw_value)) + raw_value)
+    out.append(struct.pack("<I", len(stamps)))
+    out.append((stamps.astype("<i8") * 1000).tobytes())
+    out.append(values.astype("<f8").tobytes())
+    return b"".join(out)
