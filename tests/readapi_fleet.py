@@ -4,10 +4,12 @@ the same samples as OpenMetrics text for Prometheus, and a read API started over
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
+import threading
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
 import httpx
@@ -146,3 +148,24 @@ async def read_api(sink: CassandraSink, authorize: Authorizer = provider_wide,
             yield api, client
     finally:
         await api.stop()
+
+
+@contextlib.contextmanager
+def served(sink: CassandraSink, authorize: Authorizer = provider_wide,
+           **settings: object) -> Iterator[str]:
+    """The read API running on its own event loop in a thread (for blocking clients such as
+    promtool and module-scoped fixtures); yields its base URL."""
+    config = ReadApiConfig.model_validate({"enabled": True, "listen": f"127.0.0.1:{free_port()}",
+                                           **settings})
+    api = ReadApi(config, sink.config, authorize)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    asyncio.run_coroutine_threadsafe(api.start(), loop).result(timeout=1500)
+    try:
+        yield f"http://127.0.0.1:{api.port}"
+    finally:
+        asyncio.run_coroutine_threadsafe(api.stop(), loop).result(timeout=60)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
