@@ -52,7 +52,7 @@ RANGE_QUERIES = [
     f'{C}{{org!="acme"}}',
     f'{C}{{vdc=~"gold-.*"}}',
     f'{C}{{vapp!~"web|db"}}',
-    f'{{__name__=~"vsphere_vm_cpu_.*", org="globex"}}',
+    '{__name__=~"vsphere_vm_cpu_.*", org="globex"}',
     f'{DISK}{{device=~"scsi0:.*"}}',
     f'{DISK}{{device=""}}',
     f'{C}{{vm="{VM1}"}}',
@@ -242,7 +242,7 @@ def test_the_lookback_edge_is_where_both_put_it(apis: tuple[str, str]) -> None:
         assert outside == []
 
 
-@pytest.mark.parametrize("selector", [f'{C}{{org="acme"}}', f"{{vdc=~'silver|gold-b'}}",
+@pytest.mark.parametrize("selector", [f'{C}{{org="acme"}}', "{vdc=~'silver|gold-b'}",
                                       f"{DISK}"])
 def test_series_and_label_values_match_prometheus(apis: tuple[str, str], selector: str
                                                   ) -> None:
