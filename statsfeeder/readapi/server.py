@@ -67,6 +67,10 @@ class ReadApi:
         self._runners: list[web.AppRunner] = []
         self.port = 0
 
+    @property
+    def engine(self) -> EngineProcess | None:
+        return self._engine
+
     # --- life cycle -------------------------------------------------------------------
     async def start(self) -> None:
         from statsfeeder.sinks.cassandra import schema

@@ -23,7 +23,15 @@ from aiohttp import web
 from peers import prometheus as prometheus_peer
 from statsfeeder.readapi.store import Scope
 from statsfeeder.sinks.cassandra.sink import CassandraSink
-from tests.readapi_fleet import Fleet, create_keyspace, drop, free_port, served, store_fleet
+from tests.readapi_fleet import (
+    Fleet,
+    create_keyspace,
+    drop,
+    free_port,
+    read_api,
+    served,
+    store_fleet,
+)
 
 C = "vsphere_vm_cpu_usage_average_percent"
 END = int(time.time()) // 300 * 300 - 300
@@ -218,3 +226,16 @@ def test_serve_with_a_bad_config_says_which_key(tmp_path: Path) -> None:
     assert done.stderr.strip().splitlines() == [
         "statsfeeder: config: read_api.lookback_minutes: Input should be greater than or "
         "equal to 1 (got 0)"]
+
+
+async def test_a_dead_engine_is_restarted_on_the_next_query(sink: CassandraSink) -> None:
+    async with read_api(sink) as (api, client):
+        assert api.engine is not None and api.engine.pid is not None
+        first = api.engine.pid
+        os.kill(first, signal.SIGKILL)
+        await asyncio.sleep(0.5)
+        answer = await client.get("/api/v1/query", params={"query": f"count({C})",
+                                                           "time": str(END)})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["data"]["result"][0]["value"][1] == str(len(FLEET.vms) - 1)
+        assert api.engine.pid not in (None, first)
