@@ -101,7 +101,10 @@ class SeriesStore:
     def refresh(self, force: bool = False) -> None:
         """Entities and metric units, re-read at most every ``cache_seconds``."""
         with self._lock:
-            if not force and time.monotonic() - self._loaded_at < self._cache_seconds:
+            # An empty store (a server started before the first cycle) is looked at again
+            # soon, not after the whole cache time.
+            keep = self._cache_seconds if self._entities else min(self._cache_seconds, 2.0)
+            if not force and time.monotonic() - self._loaded_at < keep:
                 return
             ks = self._keyspace
             rows = self._session.execute(
