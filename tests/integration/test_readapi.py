@@ -239,3 +239,19 @@ async def test_a_dead_engine_is_restarted_on_the_next_query(sink: CassandraSink)
         assert answer.status_code == 200, answer.text
         assert answer.json()["data"]["result"][0]["value"][1] == str(len(FLEET.vms) - 1)
         assert api.engine.pid not in (None, first)
+
+
+async def test_a_server_started_before_the_first_cycle_sees_it_within_seconds(
+        cassandra_env: dict[str, str]) -> None:
+    empty = create_keyspace(cassandra_env)
+    try:
+        async with read_api(empty) as (_, client):
+            query = {"query": f"count({C})", "time": str(END)}
+            assert (await client.get("/api/v1/query", params=query)).json()["data"][
+                "result"] == []
+            await store_fleet(empty, FLEET)
+            await asyncio.sleep(2.5)
+            answer = (await client.get("/api/v1/query", params=query)).json()
+            assert answer["data"]["result"][0]["value"][1] == str(len(FLEET.vms) - 1)
+    finally:
+        drop(empty)
