@@ -3,9 +3,9 @@ samples in the time range asked, and belong to the caller's scope, as one compac
 frame (labels, then int64 millisecond timestamps and float64 values, numpy ``tobytes``).
 
 Tenant isolation happens here: with ``scope`` a set of org names, a VM of any other org (and
-any VM without an org) does not exist for the query. ``None`` is provider-wide. Reads go VM by
-VM, one request per VM-day partition (every wanted metric in one slice), so memory follows the
-query's answer, not the store. The engine applies the matchers again with its own (RE2)
+any VM without an org) does not exist for the query. ``None`` is provider-wide. Reads go by
+batches of VMs, one request per batch and day (their VM-day partitions, every wanted metric in
+one slice), so memory follows the query's answer, not the store. The engine applies the matchers again with its own (RE2)
 regular expressions; this pre-filter only has to keep every series they could match.
 """
 
@@ -38,6 +38,8 @@ Scope = frozenset[str] | None
 MAGIC = b"SFS1"
 END = struct.pack("<I", 0xFFFFFFFF)
 ERROR = 0xFFFFFFFE
+VM_BATCH = 16
+"""VMs per read request (their partitions for one day): fewer, larger requests."""
 
 
 @dataclass(frozen=True)
@@ -94,8 +96,8 @@ class SeriesStore:
         self._entities: list[Entity] = []
         self._catalog: dict[str, StoredMetric] = {}
         self._read = session.prepare(
-            f"SELECT metric, instance, window_start, data FROM {keyspace}.samples "
-            "WHERE vm_id = ? AND day = ? AND metric IN ? AND window_start >= ? "
+            f"SELECT vm_id, metric, instance, window_start, data FROM {keyspace}.samples "
+            "WHERE vm_id IN ? AND day = ? AND metric IN ? AND window_start >= ? "
             "AND window_start <= ?")
 
     def refresh(self, force: bool = False) -> None:
@@ -156,38 +158,43 @@ class SeriesStore:
         days = range((first_s - STORAGE_WINDOW) // 86400, last_s // 86400 + 1)
         by_metric = {m.metric: m for m in wanted}
         metric_list = sorted(by_metric)
-        params = [(e.vm, day, metric_list, (first_s - STORAGE_WINDOW) * 1000, last_s * 1000)
-                  for e, _ in vms for day in days]
+        # One request per batch of VMs and day: the driver's cost is per request.
+        batches = [vms[i:i + VM_BATCH] for i in range(0, len(vms), VM_BATCH)]
+        params = [([e.vm for e, _ in batch], day, metric_list,
+                    (first_s - STORAGE_WINDOW) * 1000, last_s * 1000)
+                  for batch in batches for day in days]
         count = 0
         results = self._execute(params)
-        for _entity, labels in vms:
-            parts: dict[tuple[str, str], list[tuple[np.ndarray, np.ndarray]]] = {}
+        for batch in batches:
+            parts: dict[str, dict[tuple[str, str], list[tuple[np.ndarray, np.ndarray]]]] = {}
             for _ in days:
                 for row in next(results):
                     start = calendar.timegm(row.window_start.utctimetuple())
+                    found = parts.setdefault(row.vm_id, {})
                     key = (row.metric, row.instance)
                     if request.series_only and first_s <= start and start + STORAGE_WINDOW <= \
-                            last_s and key in parts:
+                            last_s and key in found:
                         continue  # existence is all a metadata answer needs
-                    parts.setdefault(key, []).append(decode_window(start, row.data))
-            for (metric, instance), pieces in sorted(parts.items()):
-                info = by_metric[metric]
-                stamps = np.concatenate([p[0] for p in pieces])
-                keep = (stamps >= first_s) & (stamps <= last_s)
-                if not keep.any():
-                    continue
-                full = series_labels(info.name, labels, instance)
-                if not all(check(full.get(name, "")) for name, check in checks):
-                    continue
-                count += 1
-                if count > self.max_series:
-                    raise SeriesLimit(f"query selects more than {self.max_series} series "
-                                      "(read_api.max_series); narrow the selector")
-                if request.series_only:
-                    yield full, stamps[:0], np.empty(0)
-                    continue
-                values = np.concatenate([p[1] for p in pieces])[keep]
-                yield full, stamps[keep], values.astype(np.float64) * info.scale
+                    found.setdefault(key, []).append(decode_window(start, row.data))
+            for entity, labels in batch:
+                for (metric, instance), pieces in sorted(parts.get(entity.vm, {}).items()):
+                    info = by_metric[metric]
+                    stamps = np.concatenate([p[0] for p in pieces])
+                    keep = (stamps >= first_s) & (stamps <= last_s)
+                    if not keep.any():
+                        continue
+                    full = series_labels(info.name, labels, instance)
+                    if not all(check(full.get(name, "")) for name, check in checks):
+                        continue
+                    count += 1
+                    if count > self.max_series:
+                        raise SeriesLimit(f"query selects more than {self.max_series} series "
+                                          "(read_api.max_series); narrow the selector")
+                    if request.series_only:
+                        yield full, stamps[:0], np.empty(0)
+                        continue
+                    values = np.concatenate([p[1] for p in pieces])[keep]
+                    yield full, stamps[keep], values.astype(np.float64) * info.scale
 
     def _execute(self, params: list[tuple[Any, ...]]) -> Iterator[list[Any]]:
         """Rows of each request, in order, with at most ``concurrency`` in flight."""

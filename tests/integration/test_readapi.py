@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 import yaml
 from aiohttp import web
@@ -255,3 +256,32 @@ async def test_a_server_started_before_the_first_cycle_sees_it_within_seconds(
             assert answer["data"]["result"][0]["value"][1] == str(len(FLEET.vms) - 1)
     finally:
         drop(empty)
+
+
+async def test_reads_in_vm_batches_keep_every_vm_apart(cassandra_env: dict[str, str]) -> None:
+    """More VMs than one read request carries (VM_BATCH): each keeps its own samples."""
+    from statsfeeder.model import Counter, EntityId, Series, VirtualMachine
+    from statsfeeder.readapi.store import VM_BATCH
+
+    counter = Counter("cpu.usage.average", 2, "percent")
+    stamps = np.arange(END - 600 + 20, END + 1, 20, dtype=np.int64)
+    vms, series = [], []
+    for number in range(VM_BATCH * 2 + 5):
+        entity = EntityId(f"urn:vcloud:vm:{number:08d}-0000-0000-0000-000000000000",
+                          f"vm{number}", "app", "vdc", "acme")
+        vms.append(VirtualMachine("vc1", f"vm-{number}", f"vm{number}", "", "", True, entity))
+        series.append(Series("vc1", f"vm-{number}", counter, "", stamps,
+                             np.full(len(stamps), 100 * number, dtype=np.int64), entity))
+    many = create_keyspace(cassandra_env)
+    try:
+        many.record_counters([counter])
+        await many.save_entities(vms)
+        await many.write(series)
+        async with read_api(many) as (_, client):
+            answer = (await client.get("/api/v1/query", params={
+                "query": f"max_over_time({C}[10m])", "time": str(END)})).json()
+        got = {item["metric"]["vm_name"]: float(item["value"][1])
+               for item in answer["data"]["result"]}
+        assert got == {f"vm{number}": float(number) for number in range(len(vms))}
+    finally:
+        drop(many)
