@@ -5,8 +5,9 @@ frame (labels, then int64 millisecond timestamps and float64 values, numpy ``tob
 Tenant isolation happens here: with ``scope`` a set of org names, a VM of any other org (and
 any VM without an org) does not exist for the query. ``None`` is provider-wide. Reads go by
 batches of VMs, one request per batch and day (their VM-day partitions, every wanted metric in
-one slice), so memory follows the query's answer, not the store. The engine applies the matchers again with its own (RE2)
-regular expressions; this pre-filter only has to keep every series they could match.
+one slice), so memory follows the query's answer, not the store. The engine applies the
+matchers again with its own (RE2) regular expressions; this pre-filter only has to keep every
+series they could match.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from statsfeeder.readapi.decode import decode_windows
 from statsfeeder.readapi.names import (
     ENTITY_LABELS,
     Entity,
@@ -29,7 +31,6 @@ from statsfeeder.readapi.names import (
     catalog,
     series_labels,
 )
-from statsfeeder.sinks.cassandra.encoder import decode_window
 from statsfeeder.sources.vcenter.query import STORAGE_WINDOW
 
 Scope = frozenset[str] | None
@@ -166,7 +167,7 @@ class SeriesStore:
         count = 0
         results = self._execute(params)
         for batch in batches:
-            parts: dict[str, dict[tuple[str, str], list[tuple[np.ndarray, np.ndarray]]]] = {}
+            parts: dict[str, dict[tuple[str, str], tuple[list[int], list[bytes]]]] = {}
             for _ in days:
                 for row in next(results):
                     start = calendar.timegm(row.window_start.utctimetuple())
@@ -175,11 +176,14 @@ class SeriesStore:
                     if request.series_only and first_s <= start and start + STORAGE_WINDOW <= \
                             last_s and key in found:
                         continue  # existence is all a metadata answer needs
-                    found.setdefault(key, []).append(decode_window(start, row.data))
+                    starts, blobs = found.setdefault(key, ([], []))
+                    starts.append(start)
+                    blobs.append(row.data)
             for entity, labels in batch:
-                for (metric, instance), pieces in sorted(parts.get(entity.vm, {}).items()):
+                for (metric, instance), (starts, blobs) in sorted(
+                        parts.get(entity.vm, {}).items()):
                     info = by_metric[metric]
-                    stamps = np.concatenate([p[0] for p in pieces])
+                    stamps, raw = decode_windows(starts, blobs)
                     keep = (stamps >= first_s) & (stamps <= last_s)
                     if not keep.any():
                         continue
@@ -193,8 +197,7 @@ class SeriesStore:
                     if request.series_only:
                         yield full, stamps[:0], np.empty(0)
                         continue
-                    values = np.concatenate([p[1] for p in pieces])[keep]
-                    yield full, stamps[keep], values.astype(np.float64) * info.scale
+                    yield full, stamps[keep], raw[keep].astype(np.float64) * info.scale
 
     def _execute(self, params: list[tuple[Any, ...]]) -> Iterator[list[Any]]:
         """Rows of each request, in order, with at most ``concurrency`` in flight."""
