@@ -285,3 +285,25 @@ async def test_reads_in_vm_batches_keep_every_vm_apart(cassandra_env: dict[str, 
         assert got == {f"vm{number}": float(number) for number in range(len(vms))}
     finally:
         drop(many)
+
+
+def test_serve_without_go_or_a_built_engine_says_so_in_one_line(
+        sink: CassandraSink, tmp_path: Path, cassandra_env: dict[str, str]) -> None:
+    config = tmp_path / "serve.yaml"
+    config.write_text(yaml.safe_dump({
+        "cassandra": {"hosts": cassandra_env["CASSANDRA_HOSTS"].split(","),
+                      "port": int(cassandra_env["CASSANDRA_PORT"]),
+                      "credentials": {"username": cassandra_env["CASSANDRA_USERNAME"],
+                                      "password_env": "CASSANDRA_PASSWORD"},
+                      "tls": {"ca_file": cassandra_env["CASSANDRA_CA_FILE"]},
+                      "keyspace": sink.config.keyspace, "consistency": "ONE"},
+        "read_api": {"listen": f"127.0.0.1:{free_port()}"}}))
+    # An empty cache (no engine built) and no Go on PATH.
+    env = {"CASSANDRA_PASSWORD": cassandra_env["CASSANDRA_PASSWORD"], "PATH": "",
+           "XDG_CACHE_HOME": str(tmp_path / "cache"), "HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-m", "statsfeeder", "serve", "-c", str(config)],
+                          env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [(
+        "statsfeeder: read_api: the PromQL engine is built with Go, and 'go' is not on PATH; "
+        "install Go or set read_api.engine_binary")]
