@@ -65,6 +65,7 @@ class ReadApi:
         self._engine_lock = asyncio.Lock()
         self._client: aiohttp.ClientSession | None = None
         self._runners: list[web.AppRunner] = []
+        self._retention = cassandra.ttl_days * 86400
         self.port = 0
 
     @property
@@ -78,9 +79,11 @@ class ReadApi:
 
         def open_store() -> SeriesStore:
             self._cluster, session = connect(self.cassandra)
-            schema.check(session, self.cassandra.keyspace)
+            state = schema.check(session, self.cassandra.keyspace)
+            # The table's own TTL is the retention (the config's ttl_days only creates it).
+            self._retention = state.ttl_seconds or self.cassandra.ttl_days * 86400
             return SeriesStore(session, self.cassandra.keyspace,
-                               ttl_days=self.cassandra.ttl_days,
+                               retention_seconds=self._retention,
                                max_series=self.config.max_series,
                                concurrency=self.config.read_concurrency,
                                cache_seconds=self.config.entities_cache_seconds)
@@ -178,7 +181,7 @@ class ReadApi:
         # Prometheus's defaults are all of time; nothing older than the TTL is stored.
         start = params.time_param(form, "start", params.MIN_TIME)
         end = params.time_param(form, "end", params.MAX_TIME)
-        start = min(max(start, now - (self.cassandra.ttl_days + 1) * 86400), now + 86400)
+        start = min(max(start, now - self._retention - 86400), now + 86400)
         end = max(min(end, now + 86400), start)
         fields = [("start", repr(start)), ("end", repr(end)), ("limit", str(limit)),
                   ("timeout", repr(self.config.query_timeout_seconds))]

@@ -84,11 +84,11 @@ class SeriesLimit(Exception):
 class SeriesStore:
     """Reads series for the read API; blocking (driver calls): run it in a worker thread."""
 
-    def __init__(self, session: Any, keyspace: str, *, ttl_days: int, max_series: int,
+    def __init__(self, session: Any, keyspace: str, *, retention_seconds: int, max_series: int,
                  concurrency: int = 32, cache_seconds: float = 60.0) -> None:
         self._session = session
         self._keyspace = keyspace
-        self._ttl = ttl_days * 86400
+        self._ttl = retention_seconds
         self.max_series = max_series
         self._concurrency = concurrency
         self._cache_seconds = cache_seconds

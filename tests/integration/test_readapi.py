@@ -307,3 +307,30 @@ def test_serve_without_go_or_a_built_engine_says_so_in_one_line(
     assert done.stderr.strip().splitlines() == [(
         "statsfeeder: read_api: the PromQL engine is built with Go, and 'go' is not on PATH; "
         "install Go or set read_api.engine_binary")]
+
+
+async def test_reads_reach_as_far_back_as_the_table_keeps(cassandra_env: dict[str, str]
+                                                          ) -> None:
+    """The samples table's TTL is the retention, whatever this process's ttl_days says."""
+    from statsfeeder.config import ReadApiConfig
+    from statsfeeder.readapi.server import ReadApi
+
+    old_end = END - 5 * 86400
+    old = Fleet.generate(old_end - 1800, old_end)
+    kept = create_keyspace(cassandra_env, ttl_days=20)
+    api = ReadApi(ReadApiConfig(listen=f"127.0.0.1:{free_port()}"),
+                  kept.config.model_copy(update={"ttl_days": 1}))
+    try:
+        await store_fleet(kept, old)
+        await api.start()
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api.port}") as client:
+            answer = (await client.get("/api/v1/query", params={
+                "query": f"count(last_over_time({C}[1h]))", "time": str(old_end)})).json()
+            names = (await client.get("/api/v1/label/vm_name/values")).json()
+        with_samples = {item.moref for item in old.series if len(item)}
+        assert len(with_samples) >= 5
+        assert answer["data"]["result"][0]["value"][1] == str(len(with_samples))
+        assert len(names["data"]) == len(with_samples)
+    finally:
+        await api.stop()
+        drop(kept)
