@@ -206,10 +206,11 @@ async def run_service(config: Config, drain_seconds: float = 60.0) -> int:
     try:
         await service.open()
         if config.read_api.enabled:
+            from statsfeeder.readapi import keep_serving
             from statsfeeder.readapi.server import ReadApi
 
             read_api = ReadApi(config.read_api, config.cassandra)
-            await read_api.start()
+            background.append(asyncio.create_task(keep_serving(read_api, stopping)))
         if service.vcd is not None:
             background.append(asyncio.create_task(service.vcd.run_refresher(stopping)))
         background.append(asyncio.create_task(service.health.run(stopping)))

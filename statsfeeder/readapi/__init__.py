@@ -4,13 +4,34 @@ by Prometheus's own PromQL engine (a Go child process). docs/read-api.md describ
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import signal
 from typing import TYPE_CHECKING
 
 from statsfeeder.config import CassandraConfig, ReadApiConfig
+from statsfeeder.errors import StatsfeederError
 
 if TYPE_CHECKING:
-    from statsfeeder.readapi.server import Authorizer
+    from statsfeeder.readapi.server import Authorizer, ReadApi
+
+log = logging.getLogger(__name__)
+
+
+async def keep_serving(api: ReadApi, stopping: asyncio.Event) -> None:
+    """Inside ``run``: start the API, and while it cannot start (Cassandra unreachable, no
+    engine yet) say why and try again with backoff; collection goes on meanwhile."""
+    delay = 5.0
+    while not stopping.is_set():
+        try:
+            await api.start()
+            return
+        except StatsfeederError as exc:
+            log.error("read API not serving: %s; retrying in %.0f s", exc, delay)
+            await api.stop()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), delay)
+        delay = min(delay * 2, 120.0)
 
 
 async def serve(cassandra: CassandraConfig, config: ReadApiConfig,

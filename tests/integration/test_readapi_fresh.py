@@ -96,3 +96,48 @@ def test_an_instant_query_just_before_the_next_cycle_sees_every_powered_on_vm(
         cluster, session = connect(load_config(path, environ=env).cassandra)
         session.execute(f"DROP KEYSPACE IF EXISTS {keyspace}")
         cluster.shutdown()
+
+
+def test_run_collects_on_while_the_read_api_cannot_start(
+        tmp_path: Path, vcsim_env: dict[str, str], cassandra_env: dict[str, str]) -> None:
+    """No Go and no built engine: the API says why (and retries), the cycles go on."""
+    keyspace = f"noapi_{uuid.uuid4().hex[:8]}"
+    path = write_config(tmp_path / "c.yaml", vcsim_env, cassandra_env, keyspace)
+    raw = yaml.safe_load(path.read_text())
+    telemetry_port = free_port()
+    raw["telemetry"] = {"listen": f"127.0.0.1:{telemetry_port}"}
+    raw["read_api"] = {"enabled": True, "listen": f"127.0.0.1:{free_port()}"}
+    path.write_text(yaml.safe_dump(raw))
+    env = {"VCSIM_PASSWORD": vcsim_env["VCSIM_PASSWORD"],
+           "CASSANDRA_PASSWORD": cassandra_env["CASSANDRA_PASSWORD"],
+           "PATH": "", "HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    statsfeeder = [sys.executable, "-m", "statsfeeder"]
+    subprocess.run([*statsfeeder, "schema", "create", "-c", str(path)], env=env, check=True,
+                   capture_output=True, timeout=120)
+    service = subprocess.Popen([*statsfeeder, "run", "-c", str(path)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    success = 'statsfeeder_cycle_last_success_timestamp_seconds{vcenter="vcsim"}'
+    try:
+        deadline, stored = time.monotonic() + 120, 0.0
+        while time.monotonic() < deadline and not stored:
+            assert service.poll() is None
+            try:
+                text = httpx.get(f"http://127.0.0.1:{telemetry_port}/metrics").text
+                stored = float(next((line.rsplit(" ", 1)[1] for line in text.splitlines()
+                                     if line.startswith(success)), "0"))
+            except httpx.TransportError:
+                pass
+            time.sleep(1)
+        assert stored > 0, "no cycle was stored while the read API could not start"
+    finally:
+        service.terminate()
+        assert service.wait(90) == 0
+        errors = service.stderr.read() if service.stderr else ""
+        from statsfeeder.config import load_config
+        from statsfeeder.sinks.cassandra.session import connect
+
+        cluster, session = connect(load_config(path, environ=env).cassandra)
+        session.execute(f"DROP KEYSPACE IF EXISTS {keyspace}")
+        cluster.shutdown()
+    assert "read API not serving: read_api: the PromQL engine is built with Go, and 'go' is " \
+           "not on PATH" in errors
