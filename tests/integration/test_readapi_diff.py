@@ -126,16 +126,18 @@ def apis(cassandra_env: dict[str, str],
                              timeout=300, check=False)
     assert created.returncode == 0, created.stderr + created.stdout
     reference = start_prometheus(prometheus, storage, work)
-    sink = create_keyspace(cassandra_env)
-    try:
+    sink = None
+    try:  # the reference is stopped whatever fails next (Cassandra unreachable included)
         import asyncio
 
+        sink = create_keyspace(cassandra_env)
         asyncio.run(store_fleet(sink, FLEET))
         with served(sink) as ours:
             yield ours, reference.url
     finally:
         reference.stop()
-        drop(sink)
+        if sink is not None:
+            drop(sink)
 
 
 class Reference:
