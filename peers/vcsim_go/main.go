@@ -16,7 +16,9 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/google/uuid"
 	"github.com/vmware/govmomi/simulator"
+	"github.com/vmware/govmomi/vim25"
 	"github.com/vmware/govmomi/vim25/methods"
 	"github.com/vmware/govmomi/vim25/soap"
 	"github.com/vmware/govmomi/vim25/types"
@@ -82,6 +84,7 @@ func main() {
 	maxQueryMetrics := flag.Int("max-query-metrics", 0, "refuse QueryPerf calls asking for more entity x metric ids (0: no limit)")
 	trace := flag.Bool("trace", false, "write SOAP requests and responses to -trace-file")
 	traceFile := flag.String("trace-file", "", "trace output file (default stderr)")
+	instanceUUID := flag.String("instance-uuid", "", "vCenter's about.instanceUuid (default: derived from -l, so that each simulator on a host has its own, as real vCenters do, and keeps it across restarts)")
 	flag.Parse()
 
 	fail := func(err error) {
@@ -123,6 +126,14 @@ func main() {
 		perf := registry.Get(types.ManagedObjectReference{Type: "PerformanceManager", Value: "PerfMgr"})
 		registry.Put(&limitedPerformanceManager{perf.(*simulator.PerformanceManager), *maxQueryMetrics})
 	}
+
+	// The simulator derives its instanceUuid from the host's network card: every simulator on
+	// one machine would claim to be the same vCenter.
+	if *instanceUUID == "" {
+		*instanceUUID = uuid.NewSHA1(uuid.NameSpaceURL, []byte("vcsim://"+*listen)).String()
+	}
+	instance := model.Map().Get(vim25.ServiceInstance).(*simulator.ServiceInstance)
+	instance.Content.About.InstanceUuid = *instanceUUID
 
 	model.Service.Listen = &url.URL{Host: *listen, User: url.UserPassword(*username, *password)}
 	if *certFile != "" {
