@@ -114,6 +114,11 @@ class VCenterConfig(Strict):
     tls: TLS = TLS()
     connect_timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
     read_timeout_seconds: Annotated[float, Field(gt=0)] = 120.0
+    """Longest any one vCenter call (login, inventory, one QueryPerf) may take, start to last
+    byte: a vCenter that stalls or drips its answer is cut off here."""
+    max_answer_bytes: Annotated[int, Field(ge=1_048_576)] | None = None
+    """Largest QueryPerf answer read; a bigger one is treated like vCenter's own size limit
+    (the chunk is halved). Default: sized from the chunk asked for (at least 16 MiB)."""
     max_query_metrics: Annotated[int, Field(ge=1)] = 16_000
     """Upper bound on entity × metric ids in one QueryPerf; the server's own
     config.vpxd.stats.maxQueryMetrics lowers it further when set."""
@@ -141,10 +146,25 @@ class CollectionConfig(Strict):
     max_lookback_seconds: Annotated[int, Field(ge=60, le=3600)] = 3300
     """Never ask further back than vCenter's realtime retention."""
     inventory_refresh_seconds: Annotated[int, Field(ge=30)] = 900
+    cycle_deadline_seconds: Annotated[float, Field(gt=0)] | None = None
+    """A cycle still running this long after its start is abandoned (and counted); the next
+    slot asks again. Default 0.8 x interval_seconds; must stay below it."""
     format: Literal["csv", "normal"] = "csv"
     metrics: list[MetricSpec] = Field(
         default_factory=lambda: [MetricSpec(name=n) for n in DEFAULT_METRICS]
     )
+
+    @model_validator(mode="after")
+    def _deadline_below_interval(self) -> CollectionConfig:
+        if self.cycle_deadline_seconds is not None \
+                and self.cycle_deadline_seconds >= self.interval_seconds:
+            raise ValueError(f"cycle_deadline_seconds ({self.cycle_deadline_seconds:g}) must "
+                             f"be below interval_seconds ({self.interval_seconds})")
+        return self
+
+    @property
+    def cycle_deadline(self) -> float:
+        return self.cycle_deadline_seconds or 0.8 * self.interval_seconds
 
     @field_validator("metrics", mode="before")
     @classmethod

@@ -2,6 +2,9 @@
 
 pyvmomi does the login, inventory and counter reads (small, infrequent). QueryPerf, the hot
 path, goes through httpx with the same session cookie so its answer can be parsed raw.
+
+No call waits longer than ``read_timeout_seconds`` for a whole answer (bounded.py), and no
+answer vCenter sends, however malformed, escapes as anything but a ``SourceError``.
 """
 
 from __future__ import annotations
@@ -11,19 +14,30 @@ import http.client
 import logging
 import ssl
 import threading
+import time
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
 from pyVim.connect import Disconnect, SmartConnect
-from pyVmomi import vim
+from pyVmomi import vim, vmodl
 
 from statsfeeder.config import VCenterConfig
-from statsfeeder.errors import NotAuthenticated, VCenterUnavailable
+from statsfeeder.errors import (
+    NotAuthenticated,
+    QueryTooLarge,
+    ResponseParseError,
+    SourceError,
+    VCenterUnavailable,
+)
+from statsfeeder.sources.vcenter.bounded import BoundedCaller, CallAbandoned, SocketTracker
 from statsfeeder.tls import TLSSetupError, client_context
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def tls_context(config: VCenterConfig) -> ssl.SSLContext:
@@ -45,7 +59,84 @@ class VCenterClient:
         self._cookie: str | None = None
         self._http: httpx.Client | None = None
         self._api_version = "vim25/8.0.0.0"
+        self._tracker = SocketTracker()
+        self._calls = BoundedCaller(self._tracker)
+        self._context: ssl.SSLContext | None = None
+        self._generation = 0
         self.logins = 0
+
+    # -- bounded calls -------------------------------------------------------------------
+    def _bounded(self, what: str, fn: Callable[..., T], *args: Any,
+                 timeout: float | None = None) -> T:
+        """``fn(*args)`` in a thread, given up after ``timeout`` (default the read timeout);
+        anything it raises is left as is (callers decide on re-login)."""
+        try:
+            return self._calls.call(what, timeout or self.config.read_timeout_seconds, fn, *args)
+        except CallAbandoned as exc:
+            self._forget_session()
+            raise VCenterUnavailable(f"vCenter {self.name}: {exc}") from None
+
+    def invoke(self, what: str, fn: Callable[..., T], *args: Any,
+               timeout: float | None = None) -> T:
+        """A bounded pyvmomi call whose failures all become ``SourceError``s."""
+        try:
+            return self._bounded(what, fn, *args, timeout=timeout)
+        except SourceError:
+            raise
+        except Exception as exc:
+            raise self._failure(what, exc) from None
+
+    def abort(self) -> None:
+        """End every call in flight now (cycle deadline, shutdown): their threads see their
+        sockets closed; the session is dropped without a logout, the next call logs in."""
+        self._generation += 1
+        self._calls.abort()
+        self._forget_session()
+
+    def _forget_session(self) -> None:
+        self._si = None
+        self._tracker.shutdown_all()
+
+    def _failure(self, what: str, exc: BaseException) -> SourceError:
+        where = f"vCenter {self.name}: {what}"
+        if isinstance(exc, vim.fault.NotAuthenticated):
+            return NotAuthenticated(f"{where}: session not authenticated")
+        if isinstance(exc, vim.fault.InvalidLogin):
+            return VCenterUnavailable(f"vCenter {self.name}: login refused for user "
+                                      f"{self.config.credentials.username!r}")
+        if isinstance(exc, ssl.SSLError):
+            return VCenterUnavailable(f"{where}: TLS failed: {exc.reason or exc}")
+        if isinstance(exc, http.client.IncompleteRead):
+            return VCenterUnavailable(f"{where}: answer cut off after {len(exc.partial)} bytes")
+        if isinstance(exc, (OSError, vim.fault.HostConnectFault)):
+            return VCenterUnavailable(f"{where}: cannot connect: {exc}")
+        if isinstance(exc, http.client.HTTPException) and str(exc)[:3].isdigit():
+            return VCenterUnavailable(f"{where}: HTTP {exc}")
+        if isinstance(exc, vmodl.MethodFault):
+            return VCenterUnavailable(f"{where}: fault {type(exc).__name__}: "
+                                      f"{getattr(exc, 'msg', '') or exc}")
+        # ExpatError, AttributeError on None, "not a VIM server"...: an answer that is not
+        # vSphere SOAP. Ask once what the server answers, to name the HTTP status.
+        self._forget_session()
+        return VCenterUnavailable(f"{where}: not a vSphere SOAP answer ({self._status()}; "
+                                  f"{type(exc).__name__})")
+
+    def _status(self) -> str:
+        def probe() -> str:
+            assert self._context is not None
+            with httpx.Client(verify=self._context,
+                              timeout=self.config.connect_timeout_seconds) as client:
+                response = client.post(self.config.sdk_url, content=_envelope(
+                    '<RetrieveServiceContent xmlns="urn:vim25"><_this type="ServiceInstance">'
+                    "ServiceInstance</_this></RetrieveServiceContent>").encode(),
+                    headers={"Content-Type": "text/xml; charset=utf-8"})
+            kind = response.headers.get("content-type", "no content type").split(";")[0]
+            return f"HTTP {response.status_code} {kind}"
+
+        try:
+            return self._calls.call("status probe", self.config.connect_timeout_seconds, probe)
+        except Exception:
+            return "no HTTP status"
 
     # -- session -----------------------------------------------------------------------
     def connect(self) -> Any:
@@ -56,20 +147,14 @@ class VCenterClient:
 
     def _login(self) -> Any:
         parts = urlsplit(self.config.sdk_url)
-        context = tls_context(self.config)
-        try:
-            si = SmartConnect(
-                host=parts.hostname, port=parts.port or 443, user=self.config.credentials.username,
-                pwd=self.config.credentials.secret(), sslContext=context,
-                connectionPoolTimeout=self.config.read_timeout_seconds,
-            )
-        except vim.fault.InvalidLogin:
-            raise VCenterUnavailable(f"vCenter {self.name}: login refused for user "
-                                     f"{self.config.credentials.username!r}") from None
-        except ssl.SSLError as exc:
-            raise VCenterUnavailable(f"vCenter {self.name}: TLS failed: {exc.reason}") from None
-        except (OSError, vim.fault.HostConnectFault) as exc:
-            raise VCenterUnavailable(f"vCenter {self.name}: cannot connect: {exc}") from None
+        timeout = self.config.connect_timeout_seconds + self.config.read_timeout_seconds
+        context = self._bounded("TLS set-up", tls_context, self.config, timeout=timeout)
+        self._context = self._tracker.install(context)
+        si = self.invoke("login", lambda: SmartConnect(
+            host=parts.hostname, port=parts.port or 443, user=self.config.credentials.username,
+            pwd=self.config.credentials.secret(), sslContext=context,
+            httpConnectionTimeout=self.config.read_timeout_seconds,
+        ), timeout=timeout)
         stub = si._stub
         self._cookie = stub.cookie
         self._api_version = getattr(stub, "versionId", None) or self._api_version
@@ -92,10 +177,10 @@ class VCenterClient:
             self._login()
 
     def _drop_session(self) -> None:
-        if self._si is not None:
+        si, self._si = self._si, None
+        if si is not None:
             with contextlib.suppress(Exception):
-                Disconnect(self._si)
-        self._si = None
+                self._calls.call("logout", self.config.connect_timeout_seconds, Disconnect, si)
 
     def close(self) -> None:
         with self._lock:
@@ -103,52 +188,82 @@ class VCenterClient:
             if self._http is not None:
                 self._http.close()
                 self._http = None
+        self._tracker.shutdown_all()
 
     def current_time(self) -> datetime:
         """vCenter's clock; also the session probe. A dead session or connection (vCenter
         restarted) is replaced once by a fresh login before giving up."""
         for attempt in (1, 2):
+            si = self.connect()
             try:
-                moment: datetime = self.connect().CurrentTime()
+                moment: datetime = self._bounded("CurrentTime", si.CurrentTime)
                 return moment
             except vim.fault.NotAuthenticated:
                 self.relogin()
             except (OSError, http.client.HTTPException) as exc:
                 with self._lock:
-                    self._drop_session()
+                    self._forget_session()
                 if attempt == 2:
-                    raise VCenterUnavailable(f"vCenter {self.name}: {exc}") from None
-        return self.connect().CurrentTime()  # type: ignore[no-any-return]
+                    raise self._failure("CurrentTime", exc) from None
+            except SourceError:
+                raise
+            except Exception as exc:
+                raise self._failure("CurrentTime", exc) from None
+        last: datetime = self.invoke("CurrentTime", self.connect().CurrentTime)
+        return last
 
     # -- raw SOAP ------------------------------------------------------------------------
-    def soap(self, body: str) -> bytes:
-        """POST one SOAP body; transport errors raise VCenterUnavailable."""
+    def soap(self, body: str, max_bytes: int) -> bytes:
+        """POST one SOAP body and read the answer, at most ``max_bytes`` of it (more raises
+        QueryTooLarge, as vCenter's own size limit does) and within the read timeout, first
+        to last byte. Transport errors raise VCenterUnavailable."""
         self.connect()
         http, cookie = self._http, self._cookie
         assert http is not None and cookie is not None
-        envelope = (
-            '<?xml version="1.0" encoding="UTF-8"?>'
-            '<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" '
-            'xmlns:xsd="http://www.w3.org/2001/XMLSchema" '
-            'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">'
-            f"<soapenv:Body>{body}</soapenv:Body></soapenv:Envelope>"
-        )
+        generation = self._generation
+        limit = self.config.read_timeout_seconds
+        deadline = time.monotonic() + limit
         try:
-            response = http.post(
-                self.config.sdk_url, content=envelope.encode(),
+            with http.stream(
+                "POST", self.config.sdk_url, content=_envelope(body).encode(),
                 headers={"Content-Type": "text/xml; charset=utf-8",
                          "SOAPAction": f'"urn:{self._api_version}"', "Cookie": cookie,
                          "Accept-Encoding": "gzip"},
-            )
+            ) as response:
+                status = response.status_code
+                if status == 401:
+                    raise NotAuthenticated(f"vCenter {self.name}: HTTP 401")
+                if status not in (200, 500):
+                    raise VCenterUnavailable(f"vCenter {self.name}: HTTP {status}")
+                parts: list[bytes] = []
+                size = 0
+                for part in response.iter_bytes():
+                    size += len(part)
+                    if size > max_bytes:
+                        raise QueryTooLarge(f"answer larger than {max_bytes} bytes "
+                                            "(vcenter max_answer_bytes)")
+                    if time.monotonic() > deadline:
+                        raise httpx.ReadTimeout("whole answer too slow")
+                    if self._generation != generation:
+                        raise VCenterUnavailable(f"vCenter {self.name}: request abandoned")
+                    parts.append(part)
         except httpx.TimeoutException:
             raise VCenterUnavailable(f"vCenter {self.name}: request timed out after "
-                                     f"{self.config.read_timeout_seconds:g} s") from None
+                                     f"{limit:g} s") from None
         except httpx.TransportError as exc:
-            self._drop_session()
+            self._si = None  # log in afresh next time (vCenter may have restarted)
             raise VCenterUnavailable(f"vCenter {self.name}: {exc.__class__.__name__}: {exc}") \
                 from None
-        if response.status_code == 401:
-            raise NotAuthenticated(f"vCenter {self.name}: HTTP 401")
-        if response.status_code not in (200, 500):
-            raise VCenterUnavailable(f"vCenter {self.name}: HTTP {response.status_code}")
-        return response.content
+        content = b"".join(parts)
+        if b"Envelope" not in content[:4096]:
+            kind = response.headers.get("content-type", "no content type").split(";")[0]
+            raise ResponseParseError(f"HTTP {status} {kind}: not a SOAP answer")
+        return content
+
+
+def _envelope(body: str) -> str:
+    return ('<?xml version="1.0" encoding="UTF-8"?>'
+            '<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" '
+            'xmlns:xsd="http://www.w3.org/2001/XMLSchema" '
+            'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">'
+            f"<soapenv:Body>{body}</soapenv:Body></soapenv:Envelope>")

@@ -71,6 +71,26 @@ def plan_chunks(morefs: Sequence[str], watermarks: Mapping[str, int], now: int,
         yield Chunk(tuple(batch), now)
 
 
+ANSWER_FLOOR = 16 * 1024 * 1024
+"""Smallest default answer cap: far above what one VM's full hour can take (so halving always
+ends in a chunk that fits), and small enough to keep memory flat."""
+VALUE_BYTES = {"csv": 12, "normal": 32}
+"""Generous bytes per sample value in each format (digits plus separators or tags)."""
+
+
+def answer_cap(chunk: Chunk, counters: Sequence[Counter], fmt: str,
+               configured: int | None = None) -> int:
+    """How many bytes of QueryPerf answer to read for ``chunk`` before treating it as too big:
+    the configured figure, else four times a generous estimate of the answer, at least
+    ANSWER_FLOOR. Per-instance counters count as 8 series per VM."""
+    if configured is not None:
+        return configured
+    series = sum(8 if c.per_instance else 1 for c in counters)
+    samples = sum(max(1, (chunk.end - vm.start) // REALTIME_INTERVAL) for vm in chunk.vms)
+    estimate = samples * (32 + series * VALUE_BYTES.get(fmt, 32)) + 1024 * len(chunk.vms)
+    return max(ANSWER_FLOOR, 4 * estimate)
+
+
 def _iso(epoch: int) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from asyncio_throttle import Throttler
@@ -31,11 +31,13 @@ from statsfeeder.sources.vcenter.client import VCenterClient
 from statsfeeder.sources.vcenter.counters import resolve_counters
 from statsfeeder.sources.vcenter.inventory import read_inventory
 from statsfeeder.sources.vcenter.parse import TimestampCache, parse_query_perf
-from statsfeeder.sources.vcenter.query import Chunk, plan_chunks, query_perf_body
+from statsfeeder.sources.vcenter.query import Chunk, answer_cap, plan_chunks, query_perf_body
 
 log = logging.getLogger(__name__)
 
 MAX_QUERY_METRICS_OPTION = "config.vpxd.stats.maxQueryMetrics"
+
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -68,36 +70,48 @@ class VCenterSource:
                                     period=1.0)
 
     # -- set-up and inventory -----------------------------------------------------------
+    async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking vCenter call in a thread; abandoning it (cycle deadline, shutdown)
+        ends the client's calls in flight so that no thread is left waiting on vCenter."""
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except asyncio.CancelledError:
+            self.client.abort()
+            raise
+
     async def start(self) -> None:
-        await asyncio.to_thread(self._start_blocking)
+        await self._blocking(self._start_blocking)
 
     def _start_blocking(self) -> None:
+        invoke = self.client.invoke
         si = self.client.connect()
-        content = si.RetrieveContent()
-        perf = content.perfManager
+        content = invoke("RetrieveContent", si.RetrieveContent)
+        perf = invoke("PerformanceManager", lambda: content.perfManager)
         self._perf_manager = perf._moId
-        catalog = resolve_counters(perf.perfCounter, self.collection.metrics, self.name)
+        catalog = resolve_counters(invoke("counters", lambda: perf.perfCounter),
+                                   self.collection.metrics, self.name)
         self.counters, self.unknown_counters = catalog.counters, catalog.unknown
         self.counter_problems = tuple(catalog.problems(self.name))
         for problem in self.counter_problems:
             log.error("%s: not collected", problem)
         self._counter_by_key = catalog.by_key()
-        self.server_max_query_metrics = _read_max_query_metrics(content)
+        self.server_max_query_metrics = invoke("QueryOptions", _read_max_query_metrics, content)
         self._refresh_inventory_blocking()
 
     def _refresh_inventory_blocking(self) -> None:
         si = self.client.connect()
         try:
-            self.vms = read_inventory(si, self.name)
-        except vim.fault.NotAuthenticated:
+            self.vms = self.client.invoke("inventory", read_inventory, si, self.name)
+        except NotAuthenticated:
             self.client.relogin()
-            self.vms = read_inventory(self.client.connect(), self.name)
+            self.vms = self.client.invoke("inventory", read_inventory, self.client.connect(),
+                                          self.name)
         self._inventory_at = time.monotonic()
 
     async def refresh_inventory(self, force: bool = False) -> None:
         due = time.monotonic() - self._inventory_at >= self.collection.inventory_refresh_seconds
         if force or due or not self.vms:
-            await asyncio.to_thread(self._refresh_inventory_blocking)
+            await self._blocking(self._refresh_inventory_blocking)
 
     @property
     def query_budget(self) -> int:
@@ -110,7 +124,7 @@ class VCenterSource:
         return [moref for moref, vm in self.vms.items() if vm.powered_on]
 
     async def vcenter_now(self) -> int:
-        moment = await asyncio.to_thread(self.client.current_time)
+        moment = await self._blocking(self.client.current_time)
         return int(moment.timestamp())
 
     # -- collection ---------------------------------------------------------------------
@@ -190,12 +204,12 @@ class VCenterSource:
             attempts += 1
             try:
                 async with self._throttler:
-                    return await asyncio.to_thread(self._query_blocking, chunk)
+                    return await self._blocking(self._query_blocking, chunk)
             except NotAuthenticated:
                 if attempts > 2:
                     raise
                 log.info("vCenter %s: session lost; logging in again", self.name)
-                await asyncio.to_thread(self.client.relogin)
+                await self._blocking(self.client.relogin)
             except (ResponseParseError, VCenterUnavailable):
                 if attempts > 2:
                     raise
@@ -203,7 +217,8 @@ class VCenterSource:
 
     def _query_blocking(self, chunk: Chunk) -> CollectedChunk:
         body = query_perf_body(self._perf_manager, chunk, self.counters, self.collection.format)
-        raw = self.client.soap(body)
+        raw = self.client.soap(body, answer_cap(chunk, self.counters, self.collection.format,
+                                                self.config.max_answer_bytes))
         parsed = parse_query_perf(raw, vcenter=self.name, counters=self._counter_by_key,
                                   timestamps=self._timestamps)
         batch = parsed.batch
