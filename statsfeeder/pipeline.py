@@ -125,6 +125,10 @@ class Pipeline:
         self._held: set[str] = set()  # sinks whose stored watermarks were read
         self._written: set[str] = set()  # sinks open in the last cycle
         self._entities_saved: dict[str, EntityId] = {}
+        self.clock_offset = 0.0
+        """vCenter's clock minus ours, as of the last CurrentTime."""
+        self.lag_vms: list[str] | None = None
+        """The VMs the last cycle collected (powered on, not skipped): the lag is theirs."""
 
     def load_watermarks(self) -> None:
         """Merge the stored watermarks in (the later mark per VM wins: both are true)."""
@@ -183,6 +187,8 @@ class Pipeline:
         wanted, report.skipped_vms = self.retagger.collectable([source.vms[m] for m in on])
         t.vms.labels(name, "skipped").set(len(on) - len(wanted))
         now = await source.vcenter_now()
+        self.clock_offset = now - time.time()
+        self.lag_vms = wanted
         chunks = source.plan(self.query_marks(s.name for s in sinks), now, wanted)
         report.vms_queried = sum(len(c.vms) for c in chunks)
         for missing in report.missing:
@@ -219,11 +225,18 @@ class Pipeline:
         t.cycle_duration.labels(name).observe(report.seconds)
         if report.ok:
             t.cycle_last_success.labels(name).set(time.time())
-        marks = self.query_marks()
-        behind = [marks.get(moref) for moref in wanted]
-        if behind and None not in behind:
-            t.watermark_lag.labels(name).set(now - min(m for m in behind if m is not None))
+        self.update_lag()
         return report
+
+    def update_lag(self) -> None:
+        """Lag of the oldest collected VM's watermark behind vCenter's clock (estimated from
+        the last CurrentTime, so it keeps growing while a cycle is stuck)."""
+        marks = self.query_marks()
+        wanted = list(marks) if self.lag_vms is None else self.lag_vms  # before any login
+        behind = [marks[moref] for moref in wanted if moref in marks]
+        if behind:
+            now = time.time() + self.clock_offset
+            self.telemetry.watermark_lag.labels(self.source.name).set(max(0.0, now - min(behind)))
 
     async def _prepare(self, collected: CollectedChunk, report: CycleReport
                        ) -> list[Series] | None:

@@ -46,11 +46,12 @@ class Service:
                 log.error("%s", exc)
 
     async def start_pipeline(self, pipeline: Any) -> None:
+        # Watermarks first: the lag they give is exported even while vCenter cannot be reached.
+        await asyncio.to_thread(pipeline.load_watermarks)
         await pipeline.source.start()
         self.telemetry.vcenter_logins.labels(pipeline.source.name).inc()
         if self.store is not None and self.health.up(self.store.name):
             await asyncio.to_thread(self.store.record_counters, pipeline.source.counters)
-        await asyncio.to_thread(pipeline.load_watermarks)
 
     async def sink_opened(self, sink: Any) -> None:
         """A sink that was missing is open: Cassandra gets the metric units it missed."""
@@ -129,15 +130,22 @@ async def run_once(config: Config) -> int:
         # A configured vCD whose map could not be read: still collect (per vcd.unmapped),
         # but say so in the exit code.
         status = 1 if service.vcd is not None and not service.vcd.loaded else 0
+        deadline = config.collection.cycle_deadline
         for pipeline in service.pipelines:
             try:
-                await service.start_pipeline(pipeline)
-                for problem in pipeline.source.counter_problems:  # the others are collected
-                    print(f"statsfeeder: {problem}", file=sys.stderr)
-                    status = 1
-                report = await pipeline.run_cycle()
-            except StatsfeederError as exc:
-                print(f"statsfeeder: {exc}", file=sys.stderr)
+                async with asyncio.timeout(deadline):
+                    await service.start_pipeline(pipeline)
+                    for problem in pipeline.source.counter_problems:  # the others are collected
+                        print(f"statsfeeder: {problem}", file=sys.stderr)
+                        status = 1
+                    report = await pipeline.run_cycle()
+            except TimeoutError:
+                print(f"statsfeeder: vCenter {pipeline.source.name}: cycle abandoned after "
+                      f"{deadline:g} s (collection.cycle_deadline_seconds)", file=sys.stderr)
+                status = 1
+                continue
+            except Exception as exc:  # one line per vCenter, whatever vCenter answered
+                print(f"statsfeeder: {cycle_error(pipeline.source.name, exc)}", file=sys.stderr)
                 status = 1
                 continue
             print(report.summary())
@@ -152,12 +160,19 @@ async def run_once(config: Config) -> int:
         await asyncio.to_thread(service.close)
 
 
-async def run_service(config: Config, drain_seconds: float = 60.0) -> int:
+def cycle_error(name: str, exc: Exception) -> str:
+    if isinstance(exc, StatsfeederError):
+        return str(exc)
+    return f"vCenter {name}: cycle failed: {type(exc).__name__}: {exc}"
+
+
+async def run_service(config: Config, drain_seconds: float = 6.0) -> int:
     """Cycles aligned to wall-clock multiples of the interval; never two cycles of one vCenter
-    at once (an overrun skips that vCenter's next start, counted). With ``ha.enabled`` only the
+    at once (an overrun skips that vCenter's next start, counted); a cycle still running at
+    ``collection.cycle_deadline`` is abandoned (counted). With ``ha.enabled`` only the
     vCenters whose lease this instance holds are collected. SIGTERM/SIGINT: no new cycle
-    starts, running ones get ``drain_seconds`` to finish their writes, leases are released,
-    exit 0."""
+    starts, running ones stop asking vCenter at once and get ``drain_seconds`` to write what
+    they collected, leases are released, exit 0."""
     service = build_service(config)
     telemetry = service.telemetry
     ready = threading.Event()
@@ -167,6 +182,7 @@ async def run_service(config: Config, drain_seconds: float = 60.0) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
     interval = config.collection.interval_seconds
+    deadline = config.collection.cycle_deadline
     running: dict[str, asyncio.Task[None]] = {}
     loaded: dict[str, int] = {}  # vCenter → lease acquisition its watermarks were read under
 
@@ -184,17 +200,22 @@ async def run_service(config: Config, drain_seconds: float = 60.0) -> int:
         name = pipeline.source.name
         acquisition = keeper.acquisitions(name) if keeper is not None else 0
         try:
-            if name not in loaded:
-                await service.start_pipeline(pipeline)
-            elif loaded[name] != acquisition:  # another instance advanced them meanwhile
-                await asyncio.to_thread(pipeline.load_watermarks)
-            loaded[name] = acquisition
-            report = await pipeline.run_cycle()
+            async with asyncio.timeout(deadline):
+                if name not in loaded:
+                    await service.start_pipeline(pipeline)
+                elif loaded[name] != acquisition:  # another instance advanced them meanwhile
+                    await asyncio.to_thread(pipeline.load_watermarks)
+                loaded[name] = acquisition
+                report = await pipeline.run_cycle()
             log.info("cycle %s: %s", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(slot)),
                      report.summary())
-        except StatsfeederError as exc:
+        except TimeoutError:
+            telemetry.cycles_abandoned.labels(name).inc()
+            log.error("vCenter %s: cycle abandoned after %g s (collection.cycle_deadline_"
+                      "seconds); the next slot asks again", name, deadline)
+        except Exception as exc:  # whatever vCenter answered: one line, counted, no traceback
             telemetry.vcenter_errors.labels(name, type(exc).__name__).inc()
-            log.error("vCenter %s: cycle failed: %s", name, exc)
+            log.error("%s", cycle_error(name, exc))
         except asyncio.CancelledError:
             if not stopping.is_set():
                 log.warning("vCenter %s: cycle cancelled: lease lost", name)
@@ -238,6 +259,7 @@ async def run_service(config: Config, drain_seconds: float = 60.0) -> int:
                 name = pipeline.source.name
                 if keeper is not None and not keeper.holds(name):
                     continue
+                pipeline.update_lag()  # every tick, however stuck the cycle is
                 if busy(name):
                     telemetry.cycle_overruns.labels(name).inc()
                     log.warning("vCenter %s: previous cycle still running; skipped", name)
@@ -247,8 +269,11 @@ async def run_service(config: Config, drain_seconds: float = 60.0) -> int:
             slot = int(time.time() + delay)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), delay)
-        log.info("stopping: draining running cycles (up to %.0f s)", drain_seconds)
+        log.info("stopping: writing what running cycles collected (up to %.0f s)",
+                 drain_seconds)
         pending = [task for task in running.values() if not task.done()]
+        for task in pending:  # stops their vCenter calls; run_cycle drains its sink buffers
+            task.cancel()
         if pending:
             _, late = await asyncio.wait(pending, timeout=drain_seconds)
             for task in late:

@@ -31,6 +31,10 @@ class Telemetry:
         self.cycle_overruns = Counter(
             "statsfeeder_cycle_overruns_total", "Cycles that were still running when the next "
             "one was due (that one is skipped; watermarks catch up).", ["vcenter"], registry=r)
+        self.cycles_abandoned = Counter(
+            "statsfeeder_cycles_abandoned_total", "Cycles abandoned at their deadline "
+            "(collection.cycle_deadline_seconds); the next slot asks again.", ["vcenter"],
+            registry=r)
         self.samples_expected = Counter(
             "statsfeeder_samples_expected_total", "Samples the queried windows should hold.",
             ["vcenter"], registry=r)

@@ -180,7 +180,9 @@ class VCenterClient:
         si, self._si = self._si, None
         if si is not None:
             with contextlib.suppress(Exception):
-                self._calls.call("logout", self.config.connect_timeout_seconds, Disconnect, si)
+                # Short: a logout nobody answers must not hold up a shutdown.
+                self._calls.call("logout", min(3.0, self.config.connect_timeout_seconds),
+                                 Disconnect, si)
 
     def close(self) -> None:
         with self._lock:

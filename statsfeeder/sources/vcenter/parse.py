@@ -16,7 +16,7 @@ import html
 import re
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import numpy as np
@@ -67,6 +67,8 @@ class _Row:
 @dataclass(slots=True)
 class ParseResult:
     batch: SeriesBatch
+    returned: set[tuple[str, int, str]] = field(default_factory=set)
+    """(moref, counter key, instance) of every series the answer held, even all -1."""
 
 
 class TimestampCache:
@@ -159,7 +161,7 @@ def parse_query_perf(
     result = ParseResult(SeriesBatch(vcenter))
     groups: dict[bytes, tuple[list[bytes], list[_Row]]] = {}
     for block in _returnval_blocks(body):
-        _collect_entity(block, counters, groups, result.batch)
+        _collect_entity(block, counters, groups, result)
     for key, (stamps, rows) in groups.items():
         _emit_group(key, stamps, rows, cache, result)
     return result
@@ -188,7 +190,8 @@ def _returnval_blocks(body: bytes) -> Iterator[bytes]:
 
 def _collect_entity(xml: bytes, counters: Mapping[int, Counter],
                     groups: dict[bytes, tuple[list[bytes], list[_Row]]],
-                    batch: SeriesBatch) -> None:
+                    result: ParseResult) -> None:
+    batch, returned = result.batch, result.returned
     entity = _ENTITY.search(xml)
     if entity is None:
         raise ResponseParseError("QueryPerf result without an entity")
@@ -225,6 +228,7 @@ def _collect_entity(xml: bytes, counters: Mapping[int, Counter],
         if name == "*":
             # vcsim echoes the wildcard instead of expanding it: its data is the aggregate.
             name = ""
+        returned.add((moref, counter.key, name))
         rows.append(_Row(moref, counter, name, text))
 
 

@@ -30,9 +30,19 @@ class Chunk:
     vms: tuple[VmWindow, ...]
     end: int
 
-    def expected_samples(self, counters: int) -> int:
-        return sum(max(0, (self.end - vm.start) // REALTIME_INTERVAL) for vm in self.vms) \
-            * counters
+    def slots(self, vm: VmWindow) -> int:
+        """20-s samples vCenter can have for ``vm`` now: the window (start, end] less its
+        newest slot, which vCenter posts only after it ends."""
+        return max(0, (self.end - vm.start) // REALTIME_INTERVAL - 1)
+
+    def expected_samples(self, counters: int, instances: Mapping[str, int] | None = None,
+                         newest: int = 0) -> int:
+        """Samples the window can hold: ``counters`` aggregate series per VM plus the
+        ``instances`` series (per moref) vCenter returned, each over ``slots``; plus
+        ``newest`` series that did have a sample in the newest slot after all."""
+        extra = instances or {}
+        return sum(self.slots(vm) * (counters + extra.get(vm.moref, 0)) for vm in self.vms) \
+            + newest
 
     def halves(self) -> tuple[Chunk, Chunk]:
         middle = len(self.vms) // 2

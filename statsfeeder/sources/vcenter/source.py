@@ -222,9 +222,22 @@ class VCenterSource:
         parsed = parse_query_perf(raw, vcenter=self.name, counters=self._counter_by_key,
                                   timestamps=self._timestamps)
         batch = parsed.batch
-        batch.expected_samples = chunk.expected_samples(len(self.counters))
         _clip_to_windows(chunk, batch)
+        batch.expected_samples = _expected(chunk, len(self.counters), parsed.returned, batch)
         return CollectedChunk(chunk, batch, {series.moref for series in batch.series})
+
+
+def _expected(chunk: Chunk, counters: int, returned: set[tuple[str, int, str]],
+              batch: SeriesBatch) -> int:
+    """Every sample the window can hold for every series vCenter returned: the aggregate of
+    each counter (returned or not: a missing one is a gap) and each instance series."""
+    instances: dict[str, int] = {}
+    for moref, _, instance in returned:
+        if instance:
+            instances[moref] = instances.get(moref, 0) + 1
+    newest = sum(1 for series in batch.series
+                 if len(series) and int(series.timestamps[-1]) == chunk.end)
+    return chunk.expected_samples(counters, instances, newest)
 
 
 def _clip_to_windows(chunk: Chunk, batch: SeriesBatch) -> None:
