@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import logging
+import mmap
 import ssl
 import threading
 import time
@@ -118,8 +119,8 @@ class VCenterClient:
         # ExpatError, AttributeError on None, "not a VIM server"...: an answer that is not
         # vSphere SOAP. Ask once what the server answers, to name the HTTP status.
         self._forget_session()
-        return VCenterUnavailable(f"{where}: not a vSphere SOAP answer ({self._status()}; "
-                                  f"{type(exc).__name__})")
+        kind = "" if type(exc) is Exception else f"; {type(exc).__name__}"
+        return VCenterUnavailable(f"{where}: not a vSphere SOAP answer ({self._status()}{kind})")
 
     def _status(self) -> str:
         def probe() -> str:
@@ -237,18 +238,24 @@ class VCenterClient:
                     raise NotAuthenticated(f"vCenter {self.name}: HTTP 401")
                 if status not in (200, 500):
                     raise VCenterUnavailable(f"vCenter {self.name}: HTTP {status}")
-                parts: list[bytes] = []
-                size = 0
-                for part in response.iter_bytes():
-                    size += len(part)
-                    if size > max_bytes:
-                        raise QueryTooLarge(f"answer larger than {max_bytes} bytes "
-                                            "(vcenter max_answer_bytes)")
-                    if time.monotonic() > deadline:
-                        raise httpx.ReadTimeout("whole answer too slow")
-                    if self._generation != generation:
-                        raise VCenterUnavailable(f"vCenter {self.name}: request abandoned")
-                    parts.append(part)
+                too_large = QueryTooLarge(f"answer larger than {max_bytes} bytes "
+                                          "(vcenter max_answer_bytes)")
+                declared = response.headers.get("content-length", "")
+                if declared.isdigit() and "content-encoding" not in response.headers \
+                        and int(declared) > max_bytes:
+                    raise too_large
+                # Read into an anonymous mapping, not the heap: an oversized answer's pages
+                # go back to the system when it is unmapped, whichever thread read it.
+                with mmap.mmap(-1, max_bytes) as buffer:
+                    for part in response.iter_bytes():
+                        if buffer.tell() + len(part) > max_bytes:
+                            raise too_large
+                        if time.monotonic() > deadline:
+                            raise httpx.ReadTimeout("whole answer too slow")
+                        if self._generation != generation:
+                            raise VCenterUnavailable(f"vCenter {self.name}: request abandoned")
+                        buffer.write(part)
+                    content = buffer[:buffer.tell()]
         except httpx.TimeoutException:
             raise VCenterUnavailable(f"vCenter {self.name}: request timed out after "
                                      f"{limit:g} s") from None
@@ -256,7 +263,6 @@ class VCenterClient:
             self._si = None  # log in afresh next time (vCenter may have restarted)
             raise VCenterUnavailable(f"vCenter {self.name}: {exc.__class__.__name__}: {exc}") \
                 from None
-        content = b"".join(parts)
         if b"Envelope" not in content[:4096]:
             kind = response.headers.get("content-type", "no content type").split(";")[0]
             raise ResponseParseError(f"HTTP {status} {kind}: not a SOAP answer")
