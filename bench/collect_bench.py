@@ -96,7 +96,7 @@ def _epoch(text: str) -> int:
 # -- worker 1: statsfeeder -------------------------------------------------------------------
 async def _ours(env: dict[str, str], plan_file: Path) -> dict[str, Any]:
     from statsfeeder.sources.vcenter.parse import TimestampCache, parse_query_perf
-    from statsfeeder.sources.vcenter.query import query_perf_body
+    from statsfeeder.sources.vcenter.query import answer_cap, query_perf_body
     from statsfeeder.sources.vcenter.source import VCenterSource
     from tests.helpers import collection_config, vcenter_config
 
@@ -128,7 +128,8 @@ async def _ours(env: dict[str, str], plan_file: Path) -> dict[str, Any]:
         }))
         # Parse only: the same chunks' raw bodies, fetched again, parsed in-process.
         bodies = [source.client.soap(query_perf_body(source._perf_manager, c, source.counters,
-                                                     "csv")) for c in chunks]
+                                                     "csv"), answer_cap(c, source.counters, "csv"))
+                  for c in chunks]
         parse_cpu = float("inf")
         parsed = 0
         for _ in range(3):

@@ -199,8 +199,9 @@ async def run_service(config: Config, drain_seconds: float = 6.0) -> int:
     async def cycle(pipeline: Any, slot: int) -> None:
         name = pipeline.source.name
         acquisition = keeper.acquisitions(name) if keeper is not None else 0
+        scope = asyncio.timeout(deadline)
         try:
-            async with asyncio.timeout(deadline):
+            async with scope:
                 if name not in loaded:
                     await service.start_pipeline(pipeline)
                 elif loaded[name] != acquisition:  # another instance advanced them meanwhile
@@ -209,7 +210,11 @@ async def run_service(config: Config, drain_seconds: float = 6.0) -> int:
                 report = await pipeline.run_cycle()
             log.info("cycle %s: %s", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(slot)),
                      report.summary())
-        except TimeoutError:
+        except TimeoutError as exc:
+            if not scope.expired():  # a TimeoutError of its own, not the deadline
+                telemetry.vcenter_errors.labels(name, type(exc).__name__).inc()
+                log.error("%s", cycle_error(name, exc))
+                return
             telemetry.cycles_abandoned.labels(name).inc()
             log.error("vCenter %s: cycle abandoned after %g s (collection.cycle_deadline_"
                       "seconds); the next slot asks again", name, deadline)

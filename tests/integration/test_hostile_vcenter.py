@@ -4,19 +4,25 @@ without a deadline, every answer survivable, bounded answers, a lag that tells t
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from statsfeeder.sources.vcenter.source import VCenterSource
+from tests.helpers import collection_config, vcenter_config
 from tests.hostile_vcenter import HostileVCenter
 from tests.integration.test_service import free_port, metric, wait_for
+from tests.vcenter_xml import entity_csv, response
 
 STATSFEEDER = [sys.executable, "-m", "statsfeeder"]
 METRICS = ["cpu.usage.average", "mem.usage.average"]
@@ -239,3 +245,76 @@ def test_a_300_mb_answer_is_cut_at_the_cap_and_rss_stays_flat(
     assert failures and all("answer larger than 16777216 bytes" in e for e in failures), \
         failures
     assert float(peak) <= float(steady) + 32, (steady, peak)
+
+
+def real_vcenter_answers(tally: dict[str, int]) -> Callable[[bytes], bytes]:
+    """QueryPerf answered as a real vCenter does: ascending 20-s stamps after startTime up to,
+    not including, the newest slot (not posted yet); instance '*' expanded into the aggregate
+    and three instances (one of them all -1); -1 gaps in every series. ``tally`` counts the
+    samples the answers could hold and the -1s among them."""
+    spec = re.compile(r'<querySpec><entity type="VirtualMachine">([^<]+)</entity>'
+                      r"<startTime>([^<]+)</startTime><endTime>([^<]+)</endTime>(.*?)"
+                      r"<intervalId>", re.S)
+    metric_id = re.compile(r"<metricId><counterId>(\d+)</counterId>"
+                           r"<instance>([^<]*)</instance></metricId>")
+
+    def epoch(text: str) -> int:
+        return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp())
+
+    def answer(request: bytes) -> bytes:
+        entities = []
+        for moref, start, end, ids in spec.findall(request.decode()):
+            stamps = list(range(epoch(start) + 20, epoch(end), 20))
+            series: dict[tuple[int, str], list[int]] = {}
+            for key, instance in metric_id.findall(ids):
+                names = ["", "0", "1", "2"] if instance == "*" else [""]
+                for name in names:
+                    values = [(i * 7) % 100 for i in range(len(stamps))]
+                    if name == "2":
+                        values = [-1] * len(stamps)
+                    elif len(values) > 3:
+                        values[1] = values[3] = -1
+                    series[(int(key), name)] = values
+                    tally["slots"] += len(values)
+                    tally["gaps"] += values.count(-1)
+            entities.append(entity_csv(moref, stamps, series))
+        return response(entities)
+
+    return answer
+
+
+async def test_expected_counts_every_series_vcenter_returns(vcsim_env: dict[str, str]) -> None:
+    metrics = [{"name": "cpu.usage.average", "per_instance": True}, "mem.usage.average"]
+    tally = {"slots": 0, "gaps": 0}
+    with HostileVCenter(vcsim_env) as double:
+        double.queryperf_mode = "script"
+        double.script = real_vcenter_answers(tally)
+        source = VCenterSource(vcenter_config(double.env(vcsim_env), "real"),
+                               collection_config(metrics=metrics))
+        await source.start()
+        try:
+            now = await source.vcenter_now()
+            results = [c async for c in source.collect(source.plan({}, now))]
+        finally:
+            source.client.close()
+    assert all(r.error is None for r in results)
+    expected = sum(r.batch.expected_samples for r in results)
+    collected = sum(r.batch.samples for r in results)
+    assert tally["gaps"] > 0 and expected == tally["slots"], (expected, tally)
+    assert collected == tally["slots"] - tally["gaps"], (collected, tally)
+
+
+async def test_expected_matches_vcsim_which_echoes_the_wildcard(
+        vcsim_env: dict[str, str]) -> None:
+    metrics = [{"name": "cpu.usage.average", "per_instance": True}, "mem.usage.average"]
+    source = VCenterSource(vcenter_config(vcsim_env, "echo"), collection_config(metrics=metrics))
+    await source.start()
+    try:
+        now = await source.vcenter_now()
+        results = [c async for c in source.collect(source.plan({}, now))]
+    finally:
+        source.client.close()
+    assert all(r.error is None for r in results)
+    # vcsim has every slot, the newest too, and answers '*' with the aggregate only
+    collected = sum(r.batch.samples for r in results)
+    assert collected > 0 and sum(r.batch.expected_samples for r in results) == collected

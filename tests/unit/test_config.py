@@ -289,3 +289,14 @@ def test_shown_values_are_exact() -> None:
     assert shown([16777216, 7], 1.0) == [16777216, 7]
     assert shown([332, 4980, 1], 0.01) == [3.32, 49.8, 0.01]
     assert [str(v) for v in shown([332, 4980, 10000], 0.01)] == ["3.32", "49.8", "100.0"]
+
+
+def test_cycle_deadline_defaults_below_the_interval_and_must_stay_there() -> None:
+    config = parse_config({"vcenters": [VC], "collection": {"interval_seconds": 300}},
+                          environ={})
+    assert config.collection.cycle_deadline == 240
+    with pytest.raises(ConfigError) as info:
+        parse_config({"vcenters": [VC], "collection": {"interval_seconds": 60,
+                                                       "cycle_deadline_seconds": 60}},
+                     environ={})
+    assert "cycle_deadline_seconds" in str(info.value) and "\n" not in str(info.value)

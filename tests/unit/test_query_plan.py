@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from statsfeeder.model import Counter
 from statsfeeder.sources.vcenter.query import (
+    ANSWER_FLOOR,
     STORAGE_WINDOW,
     Chunk,
     VmWindow,
+    answer_cap,
     plan_chunks,
     query_perf_body,
     window_start,
@@ -55,3 +57,22 @@ def test_request_body_names_every_vm_and_counter() -> None:
     assert "<startTime>2026-11-22T07:55:00Z</startTime>" in body
     assert "<counterId>130</counterId><instance>*</instance>" in body
     assert "<intervalId>20</intervalId><format>csv</format>" in body
+
+
+def test_expected_leaves_out_the_newest_slot_and_counts_instance_series() -> None:
+    end = 1_795_334_400
+    chunk = Chunk((VmWindow("vm-1", end - 300), VmWindow("vm-2", end - 600)), end)
+    # 15 and 30 slots, less the newest one each; two aggregate series per VM
+    assert chunk.expected_samples(2) == 2 * 14 + 2 * 29
+    # vm-1 also returned 3 instance series; one series did have the newest sample
+    assert chunk.expected_samples(2, {"vm-1": 3}, newest=1) == 5 * 14 + 2 * 29 + 1
+
+
+def test_answer_cap_grows_with_the_chunk_and_the_configured_figure_wins() -> None:
+    end = 1_795_334_400
+    small = Chunk((VmWindow("vm-1", end - 3300),), end)
+    big = Chunk(tuple(VmWindow(f"vm-{i}", end - 3300) for i in range(4000)), end)
+    assert answer_cap(small, COUNTERS, "csv") == ANSWER_FLOOR
+    assert answer_cap(big, COUNTERS, "csv") > ANSWER_FLOOR
+    assert answer_cap(big, COUNTERS, "normal") > answer_cap(big, COUNTERS, "csv")
+    assert answer_cap(big, COUNTERS, "csv", 2_000_000) == 2_000_000
