@@ -265,7 +265,8 @@ class VCenterClient:
                 from None
         if b"Envelope" not in content[:4096]:
             kind = response.headers.get("content-type", "no content type").split(";")[0]
-            raise ResponseParseError(f"HTTP {status} {kind}: not a SOAP answer")
+            raise ResponseParseError(f"vCenter {self.name}: HTTP {status} {kind}: not a SOAP "
+                                     "answer")
         return content
 
 
