@@ -49,7 +49,11 @@ def validate(config: Config, offline: bool) -> int:
             source.client.connect()
             source.client.current_time()
             print(f"vCenter {vc.name}: reachable, logged in")
-            checked = probe(source.client, config.collection)  # counters, one QueryPerf
+            # counters, one QueryPerf; bounded and any answer one line, as in a cycle
+            checked = source.client.invoke("validate probe", probe, source.client,
+                                           config.collection,
+                                           timeout=vc.connect_timeout_seconds
+                                           + 3 * vc.read_timeout_seconds)
             for note in checked.notes:
                 print(note)
             for problem in checked.problems:

@@ -77,6 +77,20 @@ def test_validate_and_once_end_in_one_line_within_the_timeout(
             assert elapsed < 15, f"{command} took {elapsed:.1f} s"
 
 
+def test_validate_ends_when_only_queryperf_goes_silent(
+        tmp_path: Path, vcsim_env: dict[str, str], kairosdb_env: dict[str, str]) -> None:
+    with HostileVCenter(vcsim_env) as double:
+        double.queryperf_mode = "silent"
+        path = write_config(tmp_path / "c.yaml", [vcenter_entry(
+            "hostile", double.env(vcsim_env), connect_timeout_seconds=2,
+            read_timeout_seconds=3)], kairosdb_env)
+        began = time.monotonic()
+        result = subprocess.run([*STATSFEEDER, "validate", "-c", str(path)], text=True,
+                                capture_output=True, env=cli_env(vcsim_env), timeout=60)
+        assert time.monotonic() - began < 20
+        assert_one_line(result, "vCenter hostile: QueryPerf failed", "timed out after 3 s")
+
+
 @pytest.mark.parametrize(("mode", "status"), [("text500", "HTTP 500 text/plain"),
                                               ("html", "HTTP 200 text/html")])
 def test_once_names_the_http_status_of_a_foreign_answer(

@@ -25,7 +25,7 @@ from statsfeeder.model import REALTIME_INTERVAL
 from statsfeeder.sources.vcenter.client import VCenterClient
 from statsfeeder.sources.vcenter.counters import resolve_counters
 from statsfeeder.sources.vcenter.parse import parse_query_perf
-from statsfeeder.sources.vcenter.query import Chunk, VmWindow, query_perf_body
+from statsfeeder.sources.vcenter.query import Chunk, VmWindow, answer_cap, query_perf_body
 
 PAGE = 100
 WINDOW = 3 * REALTIME_INTERVAL
@@ -96,7 +96,8 @@ def probe(client: VCenterClient, collection: CollectionConfig) -> ProbeReport:
         now = int(client.current_time().timestamp())
         end = now - now % REALTIME_INTERVAL
         chunk = Chunk((VmWindow(moref, end - WINDOW),), end)
-        raw = client.soap(query_perf_body(perf._moId, chunk, [counter], collection.format))
+        raw = client.soap(query_perf_body(perf._moId, chunk, [counter], collection.format),
+                          answer_cap(chunk, [counter], collection.format))
         parsed = parse_query_perf(raw, vcenter=name, counters={counter.key: counter})
     except PermissionDenied as exc:
         report.problems.append(_denied(name, user, str(exc)))
