@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.service_setup import STATSFEEDER, prepare
 from peers import cassandra, vcsim
-from tests.integration.test_service import free_port
+from tests.helpers import free_port
 
 VCSIM = ("vcsim-soak", 18985)
 PHASES = (("steady", 0.35), ("vcenter_down", 0.10), ("after_vcenter", 0.15),

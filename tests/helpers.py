@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import socket
+import time
+from collections.abc import Callable
 from typing import Any
+
+import httpx
 
 from statsfeeder.config import CassandraConfig, CollectionConfig, VCenterConfig, parse_config
 
@@ -25,3 +30,30 @@ def cassandra_config(env: dict[str, str], **extra: Any) -> CassandraConfig:
            "tls": {"ca_file": env["CASSANDRA_CA_FILE"]}, "consistency": "ONE", **extra}
     vc = {"name": "x", "url": "https://x", "credentials": {"username": "x", "password": "x"}}
     return parse_config({"vcenters": [vc], "cassandra": raw}, environ={}).cassandra
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def metric(port: int, name: str) -> float | None:
+    """One sample of the service's /metrics: ``name`` with or without its labels."""
+    try:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+    except httpx.HTTPError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(name) and line[len(name):len(name) + 1] in (" ", "{"):
+            return float(line.rsplit(" ", 1)[1])
+    return None

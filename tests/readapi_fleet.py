@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -22,7 +21,7 @@ from statsfeeder.readapi.server import Authorizer, ReadApi, provider_wide
 from statsfeeder.sinks.cassandra import schema
 from statsfeeder.sinks.cassandra.session import connect
 from statsfeeder.sinks.cassandra.sink import CassandraSink
-from tests.helpers import cassandra_config
+from tests.helpers import cassandra_config, free_port
 
 COUNTERS = (Counter("cpu.usage.average", 2, "percent"),
             Counter("cpu.usagemhz.average", 6, "megaHertz"),
@@ -41,10 +40,6 @@ LAYOUT = (("vm-11", "web-1", "web", "gold-a", "acme"),
           ("vm-99", "orphan", "", "", ""))
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass

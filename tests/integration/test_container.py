@@ -24,21 +24,18 @@ from peers import podman, prometheus
 from peers.common import REPO, PeerError
 from statsfeeder import __version__
 from statsfeeder.sinks.cassandra.session import connect
-from tests.helpers import cassandra_config
+from tests.helpers import cassandra_config, free_port, metric, wait_for
 from tests.integration.containers import (
     CONFIG,
     SUCCESS,
     Deployment,
-    free_port,
     in_container,
-    metric,
     mounts,
     scraped,
     setup_script,
     start,
     status,
     stop_within,
-    wait_for,
     write_config,
 )
 

@@ -28,9 +28,8 @@ from statsfeeder.sinks.cassandra import schema
 from statsfeeder.sinks.cassandra.leases import LeaseStore
 from statsfeeder.sinks.cassandra.reader import read_series
 from statsfeeder.sinks.cassandra.session import connect
-from tests.helpers import cassandra_config
+from tests.helpers import cassandra_config, free_port, metric, wait_for
 from tests.integration.test_pipeline import write_config
-from tests.integration.test_service import free_port, metric, wait_for
 
 pytestmark = pytest.mark.cassandra_matrix
 

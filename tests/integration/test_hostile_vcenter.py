@@ -19,9 +19,8 @@ import pytest
 import yaml
 
 from statsfeeder.sources.vcenter.source import VCenterSource
-from tests.helpers import collection_config, vcenter_config
+from tests.helpers import collection_config, free_port, metric, vcenter_config, wait_for
 from tests.hostile_vcenter import HostileVCenter
-from tests.integration.test_service import free_port, metric, wait_for
 from tests.vcenter_xml import entity_csv, response
 
 STATSFEEDER = [sys.executable, "-m", "statsfeeder"]

@@ -19,6 +19,7 @@ from statsfeeder.config import load_config
 from statsfeeder.service import build_service as _build
 from statsfeeder.sinks.cassandra import schema
 from statsfeeder.sinks.cassandra.session import connect
+from tests.helpers import free_port, metric, wait_for
 from tests.integration.hybrid_support import (
     SINK_UP,
     STATSFEEDER,
@@ -34,7 +35,6 @@ from tests.integration.hybrid_support import (
     stop_service,
 )
 from tests.integration.test_pipeline import write_config
-from tests.integration.test_service import free_port, metric, wait_for
 
 NAME = "kairosdb-hybrid-outage"
 """A KairosDB of this test's own, on a free port: other sessions' tests stop theirs."""

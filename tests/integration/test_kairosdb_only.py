@@ -12,9 +12,9 @@ import httpx
 import numpy as np
 import yaml
 
+from tests.helpers import free_port, metric, wait_for
 from tests.integration.hybrid_support import STATSFEEDER, Env, stop_service
 from tests.integration.test_pipeline import write_config
-from tests.integration.test_service import free_port, metric, wait_for
 
 STORAGE_WINDOW = 300
 """The query's start is rounded down to this (statsfeeder/sources/vcenter/query.py): without

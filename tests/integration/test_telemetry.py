@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 
@@ -10,12 +9,7 @@ import httpx
 
 from peers import prometheus
 from statsfeeder.telemetry import Telemetry
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.helpers import free_port
 
 
 def test_prometheus_scrapes_health_metrics(prometheus_env: dict[str, str]) -> None:
