@@ -4,7 +4,8 @@ API's TLS certificate. Token values come from files or the environment (or only 
 SHA-256 is written in the file); an inline token is refused, so a config file can be shared.
 
 Validation reads the token files and environment variables, as ``Credentials`` does for
-passwords; only each token's SHA-256 digest is kept.
+passwords; only each token's SHA-256 digest is kept. This module imports nothing from
+``statsfeeder.config``, so that ``config.py`` can build its ``read_api`` section from it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AwareDatetime,
+    BaseModel,
+    ConfigDict,
     Field,
     PrivateAttr,
     ValidationError,
@@ -25,12 +28,22 @@ from pydantic import (
     model_validator,
 )
 
-from statsfeeder.config import TLS, Strict
-from statsfeeder.config_loading import _one_line
 from statsfeeder.errors import ConfigError
 
 MIN_TOKEN_LENGTH = 16
 """Shorter tokens are refused: guessable, and they suggest a password pasted by mistake."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ClientTLS(Strict):
+    """How the API verifies vCD: ``ca_file`` (PEM) or the system store; ``insecure`` skips
+    verification (logged at every new connection)."""
+
+    ca_file: Path | None = None
+    insecure: bool = False
 
 
 class ApiToken(Strict):
@@ -95,7 +108,7 @@ class VcdSessions(Strict):
 
     url: Annotated[str, Field(pattern=r"^https://[^/\s]+/?$")]
     """Base URL of the vCD cells, e.g. ``https://vcd.example``."""
-    tls: TLS = TLS()
+    tls: ClientTLS = ClientTLS()
     api_version: Annotated[str, Field(pattern=r"^\d+\.\d+$")] = "37.0"
     cache_seconds: Annotated[int, Field(ge=0, le=3600)] = 60
     """How long a session's org is trusted without asking vCD again (a session vCD ended
@@ -160,6 +173,8 @@ def token_digest(token: str) -> bytes:
 def parse_access(raw: Any, environ: Mapping[str, str] | None = None,
                  where: str = "read_api") -> ReadApiAccess:
     """The access section alone; ``ConfigError`` with one line that never shows a token."""
+    from statsfeeder.config_loading import _one_line
+
     try:
         return ReadApiAccess.model_validate(
             raw or {}, context={"environ": dict(os.environ if environ is None else environ)})

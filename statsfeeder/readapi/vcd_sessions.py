@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from statsfeeder.config import TLS
 from statsfeeder.errors import StatsfeederError
 from statsfeeder.readapi.access_config import VcdSessions, token_digest
 from statsfeeder.tls import TLSSetupError, client_context
@@ -96,8 +97,9 @@ class VcdSessionChecker:
         if self._http is None:
             try:
                 # A pinned thumbprint fetches the certificate: blocking, so in a thread.
+                tls = TLS(ca_file=self.config.tls.ca_file, insecure=self.config.tls.insecure)
                 context = await asyncio.to_thread(
-                    client_context, self.config.tls, self.config.base_url,
+                    client_context, tls, self.config.base_url,
                     label=f"vCD {self.config.base_url}", key="vcd_sessions.tls",
                     timeout=self.config.timeout_seconds)
             except TLSSetupError as exc:

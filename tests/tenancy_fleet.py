@@ -1,0 +1,98 @@
+"""A small fleet of VMs in three vCD orgs, written through the real CassandraSink, for the
+read API's tenancy and dashboard tests: every counter the shipped dashboards use, aggregates
+and per-device series (two disks, one NIC), the last two hours on the 20-second grid.
+
+Values are chosen so that each VM's and each org's totals differ: a sum or a count that
+included another org's VMs would show."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+
+from statsfeeder.config import CassandraConfig
+from statsfeeder.model import Counter, EntityId, Series, VirtualMachine
+from statsfeeder.sinks.cassandra import schema
+from statsfeeder.sinks.cassandra.session import connect
+from statsfeeder.sinks.cassandra.sink import CassandraSink
+
+CPU = Counter("cpu.usage.average", 2, "percent")
+MHZ = Counter("cpu.usagemhz.average", 6, "megaHertz")
+MEM = Counter("mem.usage.average", 24, "percent")
+DISK_READ = Counter("disk.read.average", 130, "kiloBytesPerSecond", per_instance=True)
+DISK_WRITE = Counter("disk.write.average", 131, "kiloBytesPerSecond", per_instance=True)
+PROVISIONED = Counter("disk.provisioned.latest", 240, "kiloBytes", per_instance=True)
+NET_RX = Counter("net.received.average", 143, "kiloBytesPerSecond", per_instance=True)
+NET_TX = Counter("net.transmitted.average", 144, "kiloBytesPerSecond", per_instance=True)
+COUNTERS = (CPU, MHZ, MEM, DISK_READ, DISK_WRITE, PROVISIONED, NET_RX, NET_TX)
+DEVICES = {DISK_READ: ("scsi0:0", "scsi0:1"), DISK_WRITE: ("scsi0:0", "scsi0:1"),
+           PROVISIONED: ("scsi0:0", "scsi0:1"), NET_RX: ("4000",), NET_TX: ("4000",)}
+HOURS = 2
+
+
+@dataclass(frozen=True)
+class FleetVm:
+    urn: str
+    name: str
+    vapp: str
+    vdc: str
+    org: str
+    moref: str
+    cpu_percent: float
+    """Its constant CPU usage: the value every sample of cpu.usage.average has."""
+
+
+def fleet() -> list[FleetVm]:
+    layout = [("acme", "acme-gold", "web", "web-1"), ("acme", "acme-gold", "web", "web-2"),
+              ("acme", "acme-silver", "db", "db-1"), ("beta", "beta-vdc", "app", "app-1"),
+              ("beta", "beta-vdc", "app", "app-2"), ("gamma", "gamma-vdc", "batch", "job-1")]
+    return [FleetVm(f"urn:vcloud:vm:{uuid.uuid4()}", name, vapp, vdc, org, f"vm-{100 + i}",
+                    cpu_percent=float(1 + i * 7))
+            for i, (org, vdc, vapp, name) in enumerate(layout)]
+
+
+def raw_value(vm_index: int, counter: Counter, device: str) -> int:
+    """vCenter's raw integer for one sample (constant over time: sums are easy to check)."""
+    if counter is CPU:
+        return (1 + vm_index * 7) * 100  # hundredths of a percent
+    base = (vm_index + 1) * 1000 + COUNTERS.index(counter) * 10
+    return base + (int(device.split(":")[-1]) % 10 if device else 0)
+
+
+async def write_fleet(config: CassandraConfig, vms: list[FleetVm], now: int | None = None
+                      ) -> int:
+    """Creates the keyspace and writes every VM's series up to ``now``; returns ``now``."""
+    now = now or int(time.time())
+    end = now - now % 20
+    stamps = np.arange(end - HOURS * 3600 + 20, end + 1, 20, dtype=np.int64)
+    def prepare() -> CassandraSink:
+        cluster, session = connect(config)
+        schema.create(session, config)
+        cluster.shutdown()
+        sink = CassandraSink(config)
+        sink.open()
+        sink.record_counters(COUNTERS)
+        return sink
+
+    sink = await asyncio.to_thread(prepare)
+    try:
+        series = []
+        for index, vm in enumerate(vms):
+            entity = EntityId(vm.urn, vm.name, vm.vapp, vm.vdc, vm.org)
+            for counter in COUNTERS:
+                for device in ("", *DEVICES.get(counter, ())):
+                    values = np.full(stamps.shape, raw_value(index, counter, device),
+                                     dtype=np.int64)
+                    series.append(Series("vc1", vm.moref, counter, device, stamps, values,
+                                         entity))
+        await sink.save_entities([
+            VirtualMachine("vc1", vm.moref, vm.name, vm.urn, vm.urn, True,
+                           EntityId(vm.urn, vm.name, vm.vapp, vm.vdc, vm.org)) for vm in vms])
+        await sink.write(series)
+    finally:
+        sink.close()
+    return end
