@@ -1,6 +1,7 @@
-"""A small fleet of VMs in three vCD orgs, written through the real CassandraSink, for the
-read API's tenancy and dashboard tests: every counter the shipped dashboards use, aggregates
-and per-device series (two disks, one NIC), the last two hours on the 20-second grid.
+"""A small fleet of VMs in three vCD orgs and one VM vCD does not manage (no org), written
+through the real CassandraSink, for the read API's tenancy and dashboard tests: every counter
+the shipped dashboards use, aggregates and per-device series (two disks, one NIC), the last
+two hours on the 20-second grid.
 
 Values are chosen so that each VM's and each org's totals differ: a sum or a count that
 included another org's VMs would show."""
@@ -49,8 +50,10 @@ class FleetVm:
 def fleet() -> list[FleetVm]:
     layout = [("acme", "acme-gold", "web", "web-1"), ("acme", "acme-gold", "web", "web-2"),
               ("acme", "acme-silver", "db", "db-1"), ("beta", "beta-vdc", "app", "app-1"),
-              ("beta", "beta-vdc", "app", "app-2"), ("gamma", "gamma-vdc", "batch", "job-1")]
-    return [FleetVm(f"urn:vcloud:vm:{uuid.uuid4()}", name, vapp, vdc, org, f"vm-{100 + i}",
+              ("beta", "beta-vdc", "app", "app-2"), ("gamma", "gamma-vdc", "batch", "job-1"),
+              ("", "", "", "orphan")]
+    return [FleetVm(f"urn:vcloud:vm:{uuid.uuid4()}" if org else
+                    f"urn:vcenter:vc1:vm:{uuid.uuid4()}", name, vapp, vdc, org, f"vm-{100 + i}",
                     cpu_percent=float(1 + i * 7))
             for i, (org, vdc, vapp, name) in enumerate(layout)]
 
