@@ -9,6 +9,8 @@ included another org's VMs would show."""
 from __future__ import annotations
 
 import asyncio
+import socket
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -99,3 +101,37 @@ async def write_fleet(config: CassandraConfig, vms: list[FleetVm], now: int | No
     finally:
         sink.close()
     return end
+
+
+class ApiThread:
+    """The real read API (``ReadApi``) over a keyspace, served from a thread of its own with
+    its own event loop, so synchronous tests and module-scoped fixtures can share it."""
+
+    def __init__(self, cassandra: CassandraConfig, read_api: dict[str, object]) -> None:
+        from statsfeeder.config import ReadApiConfig
+        from statsfeeder.readapi.server import ReadApi
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        config = ReadApiConfig.model_validate(
+            {"enabled": True, "listen": f"127.0.0.1:{port}", **read_api},
+            context={"environ": {}})
+        self.api = ReadApi(config, cassandra)
+        self.url = f"{'https' if config.tls else 'http'}://127.0.0.1:{port}"
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
+                                        name="read-api")
+
+    def __enter__(self) -> ApiThread:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.api.start(), self._loop).result(600)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            asyncio.run_coroutine_threadsafe(self.api.stop(), self._loop).result(60)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+            self._loop.close()
