@@ -17,8 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from statsfeeder.config import CassandraConfig
+from statsfeeder.config import CassandraConfig, ReadApiConfig
 from statsfeeder.model import Counter, EntityId, Series, VirtualMachine
+from statsfeeder.readapi.server import ReadApi
 from statsfeeder.sinks.cassandra import schema
 from statsfeeder.sinks.cassandra.session import connect
 from statsfeeder.sinks.cassandra.sink import CassandraSink
@@ -108,8 +109,8 @@ class ApiThread:
     its own event loop, so synchronous tests and module-scoped fixtures can share it."""
 
     def __init__(self, cassandra: CassandraConfig, read_api: dict[str, object]) -> None:
-        from statsfeeder.config import ReadApiConfig
-        from statsfeeder.readapi.server import ReadApi
+
+
 
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))

@@ -5,7 +5,7 @@ Credentials: ``Authorization: Bearer <token>``, or basic auth with the token as 
 (Grafana's data source can send either). A token is matched against the configured API
 tokens by SHA-256 digest with constant-time comparisons over all of them; a token that
 matches none is, when ``vcd_sessions`` is configured, asked of vCD as a session token.
-Missing, wrong or expired credentials: HTTP 401 and one line, before any handler runs; vCD
+Missing, wrong or expired credentials: HTTP 401 and one line (``refusal``), before any work; vCD
 unable to answer: 503. Tokens are never logged; refusals are logged with the reason, the
 client address and the token's name when one matched.
 """
@@ -18,27 +18,24 @@ import hmac
 import json
 import logging
 import ssl
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from aiohttp import web
 
 from statsfeeder.errors import ConfigError
 from statsfeeder.readapi.access_config import ApiTLS, ReadApiAccess, token_digest
-from statsfeeder.readapi.vcd_sessions import Principal, VcdCheckUnavailable, VcdSessionChecker
+from statsfeeder.readapi.vcd_sessions import Principal, VcdSessionChecker
 
 log = logging.getLogger(__name__)
 
-PRINCIPAL_KEY = web.RequestKey("statsfeeder.principal", Principal)
-"""Where the middleware leaves the request's ``Principal`` (``request[PRINCIPAL_KEY]``)."""
 MAX_TOKEN_LENGTH = 8192
 ANONYMOUS = Principal("anonymous", None)
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class Unauthorized(Exception):
     """Refused credentials; the message is the one line the client sees, ``kind`` one of
-    missing, malformed, invalid, expired (for the refusal counter)."""
+    missing, malformed, invalid, expired."""
 
     def __init__(self, message: str, kind: str) -> None:
         super().__init__(message)
@@ -110,47 +107,14 @@ def credential(authorization: str | None) -> str | None:
     return token
 
 
-def unauthorized_response(message: str, status: int = 401) -> web.Response:
-    """Prometheus's error envelope on one line, so Grafana shows the reason."""
+def refusal(message: str, status: int = 401) -> web.HTTPException:
+    """A 401 (or 503) in Prometheus's error envelope on one line, so Grafana shows the
+    reason; raised from a handler, or returned by the middleware."""
     error_type = "unauthorized" if status == 401 else "unavailable"
     body = json.dumps({"status": "error", "errorType": error_type, "error": message})
     headers = {"WWW-Authenticate": 'Bearer realm="statsfeeder"'} if status == 401 else {}
-    return web.Response(status=status, text=body + "\n", content_type="application/json",
-                        headers=headers)
-
-
-def middleware(authenticator: Authenticator, *, open_paths: Iterable[str] = (),
-               on_refused: Callable[[str], None] | None = None) -> Callable[..., object]:
-    """An aiohttp middleware: requests outside ``open_paths`` get their ``Principal`` in
-    ``request[PRINCIPAL_KEY]`` or are refused before the handler runs. ``on_refused`` is
-    called with the refusal's kind (``Unauthorized.kind`` or vcd_unavailable)."""
-    unguarded = frozenset(open_paths)
-
-    @web.middleware
-    async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path in unguarded:
-            return await handler(request)
-        try:
-            request[PRINCIPAL_KEY] = await authenticator.authenticate(
-                request.headers.get("Authorization"))
-        except Unauthorized as exc:
-            log.info("read API: refused %s %s from %s: %s", request.method, request.path,
-                     request.remote, exc)
-            if on_refused is not None:
-                on_refused(exc.kind)
-            return unauthorized_response(str(exc))
-        except VcdCheckUnavailable as exc:
-            log.warning("read API: cannot check a vCD session: %s", exc)
-            if on_refused is not None:
-                on_refused("vcd_unavailable")
-            return unauthorized_response(f"cannot check the vCD session now: {exc}", 503)
-        return await handler(request)
-
-    return authenticate
-
-
-def principal_of(request: web.Request) -> Principal:
-    return request[PRINCIPAL_KEY]
+    kind = web.HTTPUnauthorized if status == 401 else web.HTTPServiceUnavailable
+    return kind(text=body + "\n", content_type="application/json", headers=headers)
 
 
 def server_context(tls: ApiTLS, where: str = "read_api.tls") -> ssl.SSLContext:

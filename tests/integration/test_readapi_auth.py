@@ -1,148 +1,130 @@
-"""Authentication of the read API over real TLS: API tokens (bearer and basic), expiry, and
-vCD session tokens checked against tests/vcd_double.py (the one vCD double; no vCD simulator
-exists). The handler behind the middleware only echoes the reader it was given, so these
-tests hold for every endpoint the server mounts behind it."""
+"""Authentication of the read API, on the real server over TLS: API tokens (bearer and
+basic), expiry, refusals in one line, and vCD session tokens checked against
+tests/vcd_double.py (the one vCD double; no vCD simulator exists). Which orgs a reader sees
+is read back through ``/api/v1/label/org/values`` over a fleet of three orgs."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
+import hashlib
 import logging
 import ssl
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import pytest_asyncio
-from aiohttp import web
 
 from peers.common import ensure_certs
+from statsfeeder.config import CassandraConfig
 from statsfeeder.errors import ConfigError
 from statsfeeder.readapi.access_config import parse_access
-from statsfeeder.readapi.auth import Authenticator, middleware, principal_of, server_context
+from statsfeeder.readapi.auth import server_context
+from tests.helpers import cassandra_config
+from tests.tenancy_fleet import ApiThread, fleet, write_fleet
 from tests.vcd_double import VcdDouble
 
 ACME = "acme-token-0123456789abcdef"
 OPS = "ops-token-0123456789abcdef"
 OLD = "old-token-0123456789abcdef"
-ENV = {"ACME": ACME, "OPS": OPS, "OLD": OLD}
+ORGS = "/api/v1/label/org/values"
 
 
-async def echo(request: web.Request) -> web.Response:
-    principal = principal_of(request)
-    scope = None if principal.scope is None else sorted(principal.scope)
-    return web.json_response({"name": principal.name, "scope": scope})
+def sha(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
-async def healthy(request: web.Request) -> web.Response:
-    return web.Response(text="ok")
+TOKENS = [{"name": "acme", "token_sha256": sha(ACME), "orgs": ["acme"]},
+          {"name": "ops", "token_sha256": sha(OPS), "provider": True},
+          {"name": "old", "token_sha256": sha(OLD), "orgs": ["acme"],
+           "expires": "2021-06-01T00:00:00+00:00"}]
 
 
-class Api:
-    def __init__(self, raw: dict[str, Any]) -> None:
-        certs = ensure_certs()
-        raw = {"tls": {"cert_file": str(certs["cert"]), "key_file": str(certs["key"])}, **raw}
-        self.access = parse_access(raw, ENV)
-        self.authenticator = Authenticator(self.access)
-        self.refused: list[str] = []
-        self.ca = str(certs["ca"])
-        self.runner: web.AppRunner | None = None
-        self.url = ""
-
-    async def start(self) -> None:
-        app = web.Application(middlewares=[middleware(
-            self.authenticator, open_paths=["/-/healthy"], on_refused=self.refused.append)])
-        app.router.add_get("/api/v1/labels", echo)
-        app.router.add_get("/-/healthy", healthy)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        assert self.access.tls is not None
-        site = web.TCPSite(self.runner, "127.0.0.1", 0,
-                           ssl_context=server_context(self.access.tls))
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"https://127.0.0.1:{port}"
-
-    async def get(self, headers: dict[str, str] | None = None, *,
-                  auth: tuple[str, str] | None = None) -> httpx.Response:
-        async with httpx.AsyncClient(verify=ssl.create_default_context(cafile=self.ca)
-                                     ) as client:
-            return await client.get(self.url + "/api/v1/labels", headers=headers or {},
-                                    auth=auth)
-
-    async def close(self) -> None:
-        await self.authenticator.close()
-        if self.runner is not None:
-            await self.runner.cleanup()
+def tls() -> dict[str, str]:
+    certs = ensure_certs()
+    return {"cert_file": str(certs["cert"]), "key_file": str(certs["key"])}
 
 
-SESSION_LOOP = pytest.mark.asyncio(loop_scope="session")  # the loop the api fixture serves on
-TOKENS = [{"name": "acme", "token_env": "ACME", "orgs": ["acme"]},
-          {"name": "ops", "token_env": "OPS", "provider": True},
-          {"name": "old", "token_env": "OLD", "orgs": ["acme"],
-           "expires": (datetime.now(UTC) - timedelta(seconds=1)).isoformat()}]
+def client(ca: str | None = None) -> httpx.Client:
+    cafile = ca or str(ensure_certs()["ca"])
+    return httpx.Client(verify=ssl.create_default_context(cafile=cafile), timeout=60)
 
 
-@pytest_asyncio.fixture(loop_scope="session")
-async def api() -> AsyncIterator[Api]:
-    server = Api({"tokens": TOKENS})
-    await server.start()
-    yield server
-    await server.close()
+@pytest.fixture(scope="module")
+def keyspace(cassandra_env: dict[str, str]) -> Iterator[CassandraConfig]:
+    config = cassandra_config(cassandra_env, keyspace=f"au_{uuid.uuid4().hex[:10]}")
+    asyncio.run(write_fleet(config, fleet()))
+    yield config
+    from statsfeeder.sinks.cassandra.session import connect
+
+    cluster, session = connect(config)
+    session.execute(f"DROP KEYSPACE IF EXISTS {config.keyspace}")
+    cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def vcd() -> Iterator[VcdDouble]:
+    with VcdDouble() as double:
+        yield double
+
+
+@pytest.fixture(scope="module")
+def api(keyspace: CassandraConfig, vcd: VcdDouble) -> Iterator[ApiThread]:
+    settings = {"tokens": TOKENS, "tls": tls(), "vcd_sessions": {
+        "url": vcd.url, "tls": {"ca_file": vcd.ca_file}, "cache_seconds": 60}}
+    with ApiThread(keyspace, settings) as server:
+        yield server
+
+
+def get(api: ApiThread, headers: dict[str, str] | None = None, *,
+        auth: tuple[str, str] | None = None, path: str = ORGS) -> httpx.Response:
+    with client() as http:
+        return http.get(api.url + path, headers=headers or {}, auth=auth)
 
 
 def refused_in_one_line(response: httpx.Response, status: int = 401) -> str:
-    assert response.status_code == status
+    assert response.status_code == status, response.text
     assert response.text.count("\n") == 1 and response.text.endswith("\n")
     body = response.json()
     assert body["status"] == "error" and "data" not in body
     return str(body["error"])
 
 
-@SESSION_LOOP
-async def test_tokens_by_bearer_and_basic_give_their_scope(api: Api) -> None:
-    answer = await api.get({"Authorization": f"Bearer {ACME}"})
-    assert answer.json() == {"name": "acme", "scope": ["acme"]}
-    answer = await api.get(auth=("grafana", ACME))
-    assert answer.json() == {"name": "acme", "scope": ["acme"]}
-    answer = await api.get({"Authorization": f"Bearer {OPS}"})
-    assert answer.json() == {"name": "ops", "scope": None}
+def test_tokens_by_bearer_and_basic_read_their_orgs(api: ApiThread) -> None:
+    assert get(api, {"Authorization": f"Bearer {ACME}"}).json()["data"] == ["acme"]
+    assert get(api, auth=("grafana", ACME)).json()["data"] == ["acme"]
+    assert get(api, {"Authorization": f"Bearer {OPS}"}).json()["data"] == [
+        "acme", "beta", "gamma"]
 
 
-@SESSION_LOOP
-async def test_missing_wrong_or_expired_is_401_in_one_line(
-        api: Api, caplog: pytest.LogCaptureFixture) -> None:
+def test_missing_wrong_expired_or_malformed_is_401(api: ApiThread,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
-    assert "missing credentials" in refused_in_one_line(await api.get())
     wrong = ACME[:-1] + "X"
-    assert refused_in_one_line(await api.get({"Authorization": f"Bearer {wrong}"})) \
-        == "invalid token"
-    assert refused_in_one_line(await api.get(auth=("grafana", "nope-nope-nope-nope"))) \
-        == "invalid token"
-    assert "expired" in refused_in_one_line(await api.get({"Authorization": f"Bearer {OLD}"}))
-    assert "malformed" in refused_in_one_line(await api.get({"Authorization": "Basic %%%"}))
-    assert api.refused == ["missing", "invalid", "invalid", "expired", "malformed"]
-    assert (await api.get({"Authorization": f"Bearer {wrong}"})).headers[
+    assert "missing credentials" in refused_in_one_line(get(api))
+    assert refused_in_one_line(get(api, {"Authorization": f"Bearer {wrong}"})) == \
+        "invalid token"
+    assert refused_in_one_line(get(api, auth=("grafana", "nope-nope-nope-nope"))) == \
+        "invalid token"
+    assert "expired at 2021-06-01" in refused_in_one_line(
+        get(api, {"Authorization": f"Bearer {OLD}"}))
+    assert "malformed" in refused_in_one_line(get(api, {"Authorization": "Basic %%%"}))
+    assert get(api, {"Authorization": f"Bearer {wrong}"}).headers[
         "WWW-Authenticate"].startswith("Bearer")
-    for secret in (ACME, wrong, OLD, "nope-nope-nope-nope"):
+    assert "refused GET /api/v1/label/org/values" in caplog.text
+    for secret in (ACME, wrong, OLD, "nope-nope-nope-nope", OPS):
         assert secret not in caplog.text
-    async with httpx.AsyncClient(verify=ssl.create_default_context(cafile=api.ca)) as client:
-        assert (await client.get(api.url + "/-/healthy")).text == "ok"
 
 
-@SESSION_LOOP
-async def test_tls_only_with_the_configured_certificate(api: Api) -> None:
-    with pytest.raises(httpx.HTTPError):
-        async with httpx.AsyncClient() as client:
-            await client.get(api.url.replace("https", "http") + "/api/v1/labels")
-    with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
-        other = ssl.create_default_context(cafile=str(ensure_certs()["other_ca"]))
-        async with httpx.AsyncClient(verify=other) as client:
-            await client.get(api.url + "/api/v1/labels")
+def test_only_tls_with_the_configured_certificate(api: ApiThread) -> None:
+    with pytest.raises(httpx.HTTPError), httpx.Client() as plain:
+        plain.get(api.url.replace("https", "http") + ORGS)
+    with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"), \
+            client(str(ensure_certs()["other_ca"])) as other:
+        other.get(api.url + ORGS)
 
 
 def test_unloadable_certificate_is_one_line(tmp_path: Path) -> None:
@@ -154,58 +136,47 @@ def test_unloadable_certificate_is_one_line(tmp_path: Path) -> None:
         server_context(access.tls)
 
 
-@pytest.fixture
-def vcd() -> Any:
-    with VcdDouble() as double:
-        yield double
-
-
-async def test_vcd_session_token_reads_as_its_org(vcd: VcdDouble) -> None:
-    api = Api({"tokens": TOKENS, "vcd_sessions": {
-        "url": vcd.url, "tls": {"ca_file": vcd.ca_file}, "cache_seconds": 60}})
-    await api.start()
+def test_vcd_session_reads_as_its_org(api: ApiThread, vcd: VcdDouble) -> None:
+    checker = api.api.authenticator.vcd if api.api.authenticator else None
+    assert checker is not None
+    before = checker.calls
+    beta = {"Authorization": f"Bearer {vcd.tenant_session('alice', 'beta')}"}
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: get(api, beta), range(8)))
+    assert {tuple(a.json()["data"]) for a in answers} == {("beta",)}
+    assert checker.calls == before + 1  # concurrent requests share one vCD call, then cache
+    asked = [r for r in vcd.requests if r[1] == "/cloudapi/1.0.0/sessions/current"]
+    assert asked and asked[-1][3].startswith("application/json;version=37.0")
+    get(api, {"Authorization": f"Bearer {ACME}"})
+    assert checker.calls == before + 1  # an API token never reaches vCD
+    bogus = {"Authorization": "Bearer not-a-vcd-session-token"}
+    assert refused_in_one_line(get(api, bogus)) == "invalid token"
+    assert refused_in_one_line(get(api, bogus)) == "invalid token"
+    assert checker.calls == before + 2  # the refusal is cached too
+    system = vcd.tenant_session("administrator", "System")
+    refused_in_one_line(get(api, {"Authorization": f"Bearer {system}"}))
+    vcd.go_down("503")
     try:
-        beta = vcd.tenant_session("alice", "beta")
-        headers = {"Authorization": f"Bearer {beta}"}
-        answers = await asyncio.gather(*(api.get(headers) for _ in range(8)))
-        assert {a.text for a in answers} == {json.dumps(
-            {"name": "vcd:alice@beta", "scope": ["beta"]})}
-        checker = api.authenticator.vcd
-        assert checker is not None and checker.calls == 1  # one vCD call, then the cache
-        asked = [r for r in vcd.requests if r[1] == "/cloudapi/1.0.0/sessions/current"]
-        assert asked and asked[0][3].startswith("application/json;version=37.0")
-        # A static token never reaches vCD.
-        assert (await api.get({"Authorization": f"Bearer {ACME}"})).status_code == 200
-        assert checker.calls == 1
-        # vCD refuses it: 401, and the refusal is cached too.
-        bogus = {"Authorization": "Bearer not-a-vcd-session-token"}
-        assert refused_in_one_line(await api.get(bogus)) == "invalid token"
-        assert refused_in_one_line(await api.get(bogus)) == "invalid token"
-        assert checker.calls == 2
-        # The System org is refused by default.
-        provider = vcd.tenant_session("administrator", "System")
-        refused_in_one_line(await api.get({"Authorization": f"Bearer {provider}"}))
-        # vCD down: 503 in one line, never an answer.
-        vcd.go_down("503")
-        fresh = vcd.tenant_session("bob", "beta")
-        message = refused_in_one_line(await api.get({"Authorization": f"Bearer {fresh}"}), 503)
-        assert "HTTP 503" in message
+        fresh = {"Authorization": f"Bearer {vcd.tenant_session('bob', 'gamma')}"}
+        assert "HTTP 503" in refused_in_one_line(get(api, fresh), 503)
+    finally:
         vcd.come_back()
-        assert (await api.get({"Authorization": f"Bearer {fresh}"})).json()["scope"] == ["beta"]
-    finally:
-        await api.close()
+    assert get(api, fresh).json()["data"] == ["gamma"]
 
 
-async def test_vcd_session_ended_is_refused_after_the_cache(vcd: VcdDouble) -> None:
-    api = Api({"vcd_sessions": {"url": vcd.url, "tls": {"ca_file": vcd.ca_file},
-                                "cache_seconds": 0, "system_org": "provider"}})
-    await api.start()
-    try:
+def test_ended_vcd_session_is_refused_once_the_cache_ends(keyspace: CassandraConfig,
+                                                          vcd: VcdDouble) -> None:
+    settings: dict[str, Any] = {"tls": tls(), "vcd_sessions": {
+        "url": vcd.url, "tls": {"ca_file": vcd.ca_file}, "cache_seconds": 0,
+        "system_org": "provider"}}
+    with ApiThread(keyspace, settings) as api:
         token = vcd.tenant_session("administrator", "System")
-        headers = {"Authorization": "Basic " + base64.b64encode(f"x:{token}".encode()).decode()}
-        assert (await api.get(headers)).json() == {"name": "vcd:administrator@System",
-                                                   "scope": None}
+        assert get(api, auth=("x", token)).json()["data"] == ["acme", "beta", "gamma"]
         vcd.expire_tokens()
-        refused_in_one_line(await api.get(headers))
-    finally:
-        await api.close()
+        refused_in_one_line(get(api, auth=("x", token)))
+
+
+def test_a_server_without_credentials_refuses_to_start(keyspace: CassandraConfig) -> None:
+    with pytest.raises(ConfigError, match="read_api: no tokens and no vcd_sessions"), \
+            ApiThread(keyspace, {}):
+        pass
