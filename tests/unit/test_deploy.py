@@ -12,6 +12,7 @@ import certifi
 import yaml
 from dockerfile_parse import DockerfileParser
 
+from peers.common import ensure_certs
 from statsfeeder.config import parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,14 +47,20 @@ def test_compose_file_mounts_what_the_repository_has_and_a_valid_config(tmp_path
     config_path = statsfeeder["command"][-1]
     raw = yaml.safe_load((ROOT / mounted[config_path]).read_text())
     for secret in compose["secrets"]:
-        (tmp_path / secret).write_text("s3cret\n")
+        (tmp_path / secret).write_text("s3cret-long-enough-for-a-token\n")
     text = yaml.safe_dump(raw).replace("/run/secrets/", f"{tmp_path}/")
     text = text.replace("/etc/statsfeeder/cassandra-ca.pem", certifi.where())  # mounted there
+    certs = ensure_certs()  # make-certs.sh's files are not in the repository
+    for name, source in (("api.pem", "cert"), ("api.key", "key")):
+        assert f"/etc/statsfeeder/{name}" in mounted
+        text = text.replace(f"/etc/statsfeeder/{name}", str(certs[source]))
     config = parse_config(yaml.safe_load(text), environ={})
     assert config.cassandra.hosts == ["cassandra"]
     assert config.cassandra.credentials is not None
     assert config.cassandra.credentials.username == "statsfeeder"  # not the superuser
     assert config.telemetry.listen.endswith(":9274")
+    assert config.read_api.enabled and config.read_api.listen.endswith(":9275")
+    assert [t.name for t in config.read_api.tokens] == ["grafana"] and config.read_api.tls
     prometheus = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
     assert prometheus["scrape_configs"][0]["static_configs"][0]["targets"] == ["statsfeeder:9274"]
 
