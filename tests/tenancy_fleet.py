@@ -104,6 +104,12 @@ async def write_fleet(config: CassandraConfig, vms: list[FleetVm], now: int | No
     return end
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 class ApiThread:
     """The real read API (``ReadApi``) over a keyspace, served from a thread of its own with
     its own event loop, so synchronous tests and module-scoped fixtures can share it."""
@@ -112,9 +118,7 @@ class ApiThread:
 
 
 
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+        port = free_port()
         config = ReadApiConfig.model_validate(
             {"enabled": True, "listen": f"127.0.0.1:{port}", **read_api},
             context={"environ": {}})
