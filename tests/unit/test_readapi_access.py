@@ -94,3 +94,30 @@ def basic(user: str, password: str) -> str:
 ])
 def test_credential_from_bearer_or_basic(header: str | None, token: str | None) -> None:
     assert credential(header) == token
+
+
+def test_validate_offline_checks_the_read_api(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from peers.common import ensure_certs
+    from statsfeeder.config import parse_config
+    from statsfeeder.validate import validate
+
+    certs = ensure_certs()
+    vc = {"name": "vc1", "url": "https://vc1.example/sdk",
+          "credentials": {"username": "u", "password": "p"}}
+
+    def config(read_api: dict[str, Any]) -> Any:
+        return parse_config({"vcenters": [vc], "read_api": {"enabled": True, **read_api}},
+                            environ={"T": TOKEN})
+
+    token = [{"name": "a", "token_env": "T", "orgs": ["acme"]}]
+    good = {"cert_file": str(certs["cert"]), "key_file": str(certs["key"])}
+    assert validate(config({"tokens": token, "tls": good}), offline=True) == 0
+    assert validate(config({}), offline=True) == 1
+    assert "no tokens and no vcd_sessions" in capsys.readouterr().err
+    bad = {"cert_file": str(certs["cert"]), "key_file": str(certs["ca_key"])}
+    assert validate(config({"tokens": token, "tls": bad}), offline=True) == 1
+    assert "read_api.tls: cert_file" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="anonymous: true is for a loopback"):
+        config({"anonymous": True, "listen": "0.0.0.0:9275"})
+    assert validate(config({"anonymous": True}), offline=True) == 0
