@@ -191,8 +191,10 @@ def test_statsfeeder_serve_runs_until_sigterm(sink: CassandraSink, tmp_path: Pat
                                       "password_env": "CASSANDRA_PASSWORD"},
                       "tls": {"ca_file": cassandra_env["CASSANDRA_CA_FILE"]},
                       "keyspace": sink.config.keyspace, "consistency": "ONE"},
-        "read_api": {"listen": f"127.0.0.1:{port}"}}))
-    env = {"CASSANDRA_PASSWORD": cassandra_env["CASSANDRA_PASSWORD"],
+        "read_api": {"listen": f"127.0.0.1:{port}", "tokens": [
+            {"name": "ops", "token_env": "SERVE_TOKEN", "provider": True}]}}))
+    token = "serve-token-0123456789abcdef"
+    env = {"CASSANDRA_PASSWORD": cassandra_env["CASSANDRA_PASSWORD"], "SERVE_TOKEN": token,
            "PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root")}
     process = subprocess.Popen([sys.executable, "-m", "statsfeeder", "serve", "-c", str(config)],
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -202,7 +204,8 @@ def test_statsfeeder_serve_runs_until_sigterm(sink: CassandraSink, tmp_path: Pat
         while time.monotonic() < deadline and process.poll() is None:
             try:
                 answer = httpx.get(f"http://127.0.0.1:{port}/api/v1/query",
-                                   params={"query": f"count({C})", "time": str(END)})
+                                   params={"query": f"count({C})", "time": str(END)},
+                                   headers={"Authorization": f"Bearer {token}"})
                 break
             except httpx.TransportError:
                 time.sleep(0.5)
