@@ -109,7 +109,7 @@ def credential(authorization: str | None) -> str | None:
 
 def refusal(message: str, status: int = 401) -> web.HTTPException:
     """A 401 (or 503) in Prometheus's error envelope on one line, so Grafana shows the
-    reason; raised from a handler, or returned by the middleware."""
+    reason; raised by the server's authorize hook before any work."""
     error_type = "unauthorized" if status == 401 else "unavailable"
     body = json.dumps({"status": "error", "errorType": error_type, "error": message})
     headers = {"WWW-Authenticate": 'Bearer realm="statsfeeder"'} if status == 401 else {}

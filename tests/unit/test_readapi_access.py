@@ -121,3 +121,24 @@ def test_validate_offline_checks_the_read_api(tmp_path: Path,
     with pytest.raises(ConfigError, match="anonymous: true is for a loopback"):
         config({"anonymous": True, "listen": "0.0.0.0:9275"})
     assert validate(config({"anonymous": True}), offline=True) == 0
+
+
+async def test_expiry_is_checked_at_each_request() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from statsfeeder.readapi.auth import Authenticator, Unauthorized
+
+    expires = datetime(2027, 1, 1, tzinfo=UTC)
+    config = access({"tokens": [{"name": "a", "token_env": "T", "orgs": ["acme"],
+                                 "expires": expires.isoformat()}]}, {"T": TOKEN})
+    clock = [expires - timedelta(seconds=1)]
+    auth = Authenticator(config, now=lambda: clock[0])
+    assert (await auth.authenticate(f"Bearer {TOKEN}")).scope == frozenset({"acme"})
+    clock[0] = expires
+    with pytest.raises(Unauthorized, match="token a expired at 2027-01-01") as info:
+        await auth.authenticate(f"Bearer {TOKEN}")
+    assert info.value.kind == "expired"
+    anonymous = Authenticator(access({"anonymous": True}))
+    assert (await anonymous.authenticate(None)).scope is None
+    with pytest.raises(Unauthorized, match="invalid token"):
+        await anonymous.authenticate(f"Bearer {TOKEN}")  # a wrong token is never anonymous
