@@ -36,7 +36,7 @@ def test_compose_file_mounts_what_the_repository_has_and_a_valid_config(tmp_path
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     assert set(compose["services"]) == {"cassandra", "cassandra-roles", "statsfeeder-schema",
                                         "cassandra-grants", "statsfeeder", "prometheus",
-                                        "kairosdb"}
+                                        "kairosdb", "grafana"}
     for name, service in compose["services"].items():
         for volume in service.get("volumes", []):
             source = volume.split(":")[0]
@@ -63,6 +63,29 @@ def test_compose_file_mounts_what_the_repository_has_and_a_valid_config(tmp_path
     assert [t.name for t in config.read_api.tokens] == ["grafana"] and config.read_api.tls
     prometheus = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
     assert prometheus["scrape_configs"][0]["static_configs"][0]["targets"] == ["statsfeeder:9274"]
+
+
+def test_grafana_reads_the_api_with_a_token_from_a_secret() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    grafana = compose["services"]["grafana"]
+    assert "grafana_api_token" in grafana["secrets"]
+    for name in ("statsfeeder", "statsfeeder-schema"):  # both read the config's token_file
+        assert "grafana_api_token" in compose["services"][name]["secrets"]
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in grafana["volumes"]}
+    assert mounts["/etc/grafana/provisioning"] == "./deploy/grafana/provisioning"
+    provisioning = ROOT / "deploy" / "grafana" / "provisioning"
+    sources = yaml.safe_load((provisioning / "datasources" / "statsfeeder.yaml").read_text())
+    (source,) = sources["datasources"]
+    assert source["type"] == "prometheus" and source["url"].startswith("https://statsfeeder:")
+    assert source["url"].rsplit(":", 1)[1] in {p.split(":")[0] for p in
+                                               compose["services"]["statsfeeder"]["ports"]}
+    assert source["jsonData"]["httpHeaderName1"] == "Authorization"
+    assert source["secureJsonData"]["httpHeaderValue1"] == \
+        "Bearer $__file{/run/secrets/grafana_api_token}"
+    boards = yaml.safe_load((provisioning / "dashboards" / "statsfeeder.yaml").read_text())
+    assert boards["providers"][0]["options"]["path"] in mounts
+    dashboards = sorted((ROOT / mounts[boards["providers"][0]["options"]["path"]]).glob("*.json"))
+    assert [d.name for d in dashboards] == ["provider-overview.json", "vm-detail.json"]
 
 
 def test_example_config_validates(tmp_path: Path) -> None:
