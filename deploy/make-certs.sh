@@ -9,7 +9,7 @@ cd "$(dirname "$0")"
 umask 077
 mkdir -p certs secrets
 for name in cassandra_keystore_password cassandra_admin_password cassandra_schema_password \
-            cassandra_password; do
+            cassandra_password grafana_api_token grafana_admin_password; do
   [ -s "secrets/$name" ] || openssl rand -hex 24 > "secrets/$name"
 done
 cd certs
@@ -22,6 +22,13 @@ if [ ! -s server.p12 ]; then
     -extfile san.ext -out server.pem
   openssl pkcs12 -export -in server.pem -inkey server.key -certfile ca.pem \
     -passout "file:../secrets/cassandra_keystore_password" -out server.p12
+fi
+if [ ! -s api.pem ]; then  # the read API's certificate (Grafana reaches https://statsfeeder:9275)
+  printf 'subjectAltName=DNS:statsfeeder,DNS:localhost,IP:127.0.0.1\n' > api-san.ext
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=statsfeeder" -keyout api.key -out api.csr
+  openssl x509 -req -in api.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 3650 \
+    -extfile api-san.ext -out api.pem
+  chmod 640 api.key
 fi
 # The CA certificate is public. The secrets are read by root (Cassandra's entrypoint, cqlsh)
 # and by statsfeeder, which runs as uid 10001 (or any uid) in group 0: group-readable, owner

@@ -30,6 +30,7 @@ from statsfeeder.config_checks import (
     url_without_credentials,
 )
 from statsfeeder.errors import ConfigError
+from statsfeeder.readapi.access_config import ReadApiAccess
 
 DEFAULT_METRICS = (
     "cpu.usage.average",
@@ -390,9 +391,10 @@ class StateConfig(Strict):
     outage)."""
 
 
-class ReadApiConfig(Strict):
+class ReadApiConfig(ReadApiAccess):
     """The Prometheus query API over the stored samples (``statsfeeder serve``, or inside
-    ``run`` when enabled); docs/read-api.md."""
+    ``run`` when enabled); docs/read-api.md. Who may read (``tokens``, ``vcd_sessions``,
+    ``tls``, ``anonymous``) comes from ``ReadApiAccess``."""
 
     enabled: bool = False
     listen: Annotated[str, Field(pattern=r"^[^:\s]*:\d{1,5}$")] = "127.0.0.1:9275"
@@ -409,6 +411,13 @@ class ReadApiConfig(Strict):
     """How long the VM list and metric units are reused before they are read again."""
     engine_binary: Path | None = None
     """A prebuilt PromQL engine; by default it is built once with Go and cached."""
+
+    @model_validator(mode="after")
+    def _anonymous_only_on_loopback(self) -> ReadApiConfig:
+        if self.anonymous and self.listen.rpartition(":")[0] not in ("127.0.0.1", "localhost"):
+            raise ValueError("anonymous: true is for a loopback listen address only "
+                             "(127.0.0.1:PORT)")
+        return self
 
 
 class Config(Strict):

@@ -113,7 +113,8 @@ def load_read_config(path: Path, environ: dict[str, str] | None = None
     raw = _apply_env(raw, environ)
     cassandra = parse_cassandra(raw.get("cassandra") or {}, environ)
     try:
-        read_api = ReadApiConfig.model_validate(raw.get("read_api") or {})
+        read_api = ReadApiConfig.model_validate(raw.get("read_api") or {},
+                                                context={"environ": environ})
     except ValidationError as exc:
         raise ConfigError(_one_line(exc, "read_api")) from None
     return cassandra, read_api

@@ -33,16 +33,34 @@ def _validate_vcd(config: Config) -> int:
     return status
 
 
+def _validate_read_api(config: Config) -> int:
+    """The API's certificate loads, and someone can get in."""
+    from statsfeeder.readapi.auth import server_context
+
+    api = config.read_api
+    try:
+        if api.tls is not None:
+            server_context(api.tls)
+    except StatsfeederError as exc:
+        print(f"statsfeeder: {exc}", file=sys.stderr)
+        return 1
+    if not (api.tokens or api.vcd_sessions or api.anonymous):
+        print("statsfeeder: read_api: no tokens and no vcd_sessions: every request would be "
+              "refused (read_api.tokens)", file=sys.stderr)
+        return 1
+    return 0
+
+
 def validate(config: Config, offline: bool) -> int:
     """Exit status 0 when everything answered as expected; each problem is one line."""
+    status = _validate_read_api(config) if config.read_api.enabled else 0
     if offline:
-        return 0
+        return status
     from statsfeeder.sinks.cassandra import schema
     from statsfeeder.sinks.cassandra.session import connect
     from statsfeeder.sources.vcenter.probe import probe
     from statsfeeder.sources.vcenter.source import VCenterSource
 
-    status = 0
     for vc in config.vcenters:
         source = VCenterSource(vc, config.collection)  # login only: no inventory read
         try:

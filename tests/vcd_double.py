@@ -10,6 +10,9 @@ test CA (``peers.common.ensure_certs()``), on 127.0.0.1:
 * ``POST /cloudapi/1.0.0/sessions/provider``: basic auth ``user@System:password`` (other orgs
   are refused: a provider session needs the System org); the bearer token in the
   ``X-VMWARE-VCLOUD-ACCESS-TOKEN`` header. ``DELETE /cloudapi/1.0.0/sessions/current`` ends it.
+* ``GET /cloudapi/1.0.0/sessions/current``: the session of the bearer token (``user``,
+  ``org`` with ``name`` and ``id``, ``roles``), 401 for an unknown or expired one; tenant
+  sessions come from ``tenant_session(user, org)`` (as if the user had logged in to ``org``).
 * ``GET /api/query?type=virtualCenter|organization|adminVM&format=records`` with ``page``
   (1-based; a page past the last is a 400), ``pageSize`` (default 25, capped at 128 and echoed),
   ``filter`` (``attr==value`` joined by ``;``), ``fields`` (href is always returned; an unknown
@@ -118,6 +121,7 @@ class VcdDouble:
         self._back = threading.Event()
         self._back.set()
         self._tokens: set[str] = set()
+        self._sessions: dict[str, tuple[str, str]] = {}  # token -> (user, org)
         self._expire_after: int | None = None
         self.garbage: bytes | None = None
         """When set, query answers are 200 with this body (a proxy's error page, say)."""
@@ -198,6 +202,25 @@ class VcdDouble:
         """Expire every session once ``requests`` more authenticated requests were answered."""
         with self._lock:
             self._expire_after = requests
+
+    def tenant_session(self, user: str, org: str) -> str:
+        """A session token of ``user`` logged in to ``org`` (created on first use)."""
+        token = secrets.token_urlsafe(24)
+        with self._lock:
+            self.orgs.setdefault(org, str(uuidlib.uuid4()))
+            self._tokens.add(token)
+            self._sessions[token] = (user, org)
+        return token
+
+    def _current_session(self, token: str) -> dict[str, Any]:
+        with self._lock:
+            user, org = self._sessions[token]
+            org_id = self.orgs.get(org, "a93c9db9-7471-3192-8d09-a8f7eeda85f9")
+        return {"id": f"urn:vcloud:session:{uuidlib.uuid4()}", "site": {"name": "double"},
+                "user": {"name": user, "id": f"urn:vcloud:user:{uuidlib.uuid4()}"},
+                "org": {"name": org, "id": f"urn:vcloud:org:{org_id}"},
+                "roles": ["System Administrator" if org == "System" else "vApp User"],
+                "sessionIdleTimeoutMinutes": 30}
 
     # -- inventory ------------------------------------------------------------------------
     def add_vcenter(self, name: str, url: str, *, uuid: str | None = None) -> str:
@@ -287,6 +310,7 @@ class VcdDouble:
         token = secrets.token_urlsafe(24)
         with self._lock:
             self._tokens.add(token)
+            self._sessions[token] = (user, "System")
             self.logins += 1
         body = {"id": f"urn:vcloud:session:{uuidlib.uuid4()}", "site": {"name": "double"},
                 "user": {"name": user}, "org": {"name": "System"},
@@ -530,6 +554,9 @@ def _handler_for(double: VcdDouble) -> type[BaseHTTPRequestHandler]:
                 return
             accept = self.headers.get("Accept", "")
             as_json = "json" in accept.split(";")[0]
+            if path == "/cloudapi/1.0.0/sessions/current":
+                self._session()
+                return
             if path != "/api/query":
                 self._answer(as_json, 404, _error(404, "NOT_FOUND", f"no resource {path}"))
                 return
@@ -547,6 +574,20 @@ def _handler_for(double: VcdDouble) -> type[BaseHTTPRequestHandler]:
                 return
             code, answer = double._query(query)
             self._answer(as_json, code, answer)
+            double._answered()
+
+        def _session(self) -> None:
+            version = _version(self.headers.get("Accept", ""))
+            if version not in SUPPORTED_VERSIONS:
+                self._json(406, _error(406, "NOT_ACCEPTABLE",
+                                       f"API version {version!r} is not supported"))
+                return
+            token = double._authorized(self.headers)
+            if token is None:
+                self._json(401, _error(401, "UNAUTHORIZED", "Session missing or expired"))
+                return
+            self._send(200, json.dumps(double._current_session(token)).encode(),
+                       "application/json;version=" + str(version))
             double._answered()
 
         def _json(self, code: int, answer: dict[str, Any]) -> None:

@@ -9,10 +9,10 @@ import logging
 import signal
 from typing import TYPE_CHECKING
 
-from statsfeeder.config import CassandraConfig, ReadApiConfig
 from statsfeeder.errors import StatsfeederError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # config.py builds its read_api section from this package's access_config
+    from statsfeeder.config import CassandraConfig, ReadApiConfig
     from statsfeeder.readapi.server import Authorizer, ReadApi
 
 log = logging.getLogger(__name__)
@@ -37,14 +37,15 @@ async def keep_serving(api: ReadApi, stopping: asyncio.Event) -> None:
 async def serve(cassandra: CassandraConfig, config: ReadApiConfig,
                 authorize: Authorizer | None = None) -> int:
     """``statsfeeder serve``: the API alone until SIGTERM/SIGINT (read replicas).
-    ``authorize`` maps a request to its scope (default: provider-wide)."""
-    from statsfeeder.readapi.server import ReadApi, provider_wide
+    ``authorize`` maps a request to its scope (default: the configured tokens and vCD
+    sessions, ``auth.py``)."""
+    from statsfeeder.readapi.server import ReadApi
 
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
-    api = ReadApi(config, cassandra, authorize or provider_wide)
+    api = ReadApi(config, cassandra, authorize)
     try:
         await api.start()
         await stopping.wait()

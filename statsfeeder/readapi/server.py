@@ -6,7 +6,8 @@ Selects come back to this process's internal endpoint (127.0.0.1, a random port,
 per-process secret) and are answered from Cassandra by ``SeriesStore``, limited to the
 caller's scope. A scope travels through the engine as an opaque per-request token, so the
 engine can neither widen nor forge it. ``authorize`` turns a request into a scope (``None``:
-provider-wide); the default serves everything provider-wide.
+provider-wide) or refuses it before any work; the default checks the configured API tokens
+and vCD sessions (``auth.py``). With ``read_api.tls`` the API speaks only HTTPS.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import hmac
 import json
 import logging
 import secrets
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -26,10 +28,13 @@ from aiohttp import web
 
 from statsfeeder import __version__
 from statsfeeder.config import CassandraConfig, ReadApiConfig
+from statsfeeder.errors import ConfigError
 from statsfeeder.readapi import params
+from statsfeeder.readapi.auth import Authenticator, Unauthorized, refusal, server_context
 from statsfeeder.readapi.engine import PROMETHEUS_VERSION, EngineProcess, ensure_binary
 from statsfeeder.readapi.params import ApiError
 from statsfeeder.readapi.store import Scope, SelectRequest, SeriesStore
+from statsfeeder.readapi.vcd_sessions import VcdCheckUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +58,13 @@ def failure(error: ApiError) -> web.Response:
 
 class ReadApi:
     def __init__(self, config: ReadApiConfig, cassandra: CassandraConfig,
-                 authorize: Authorizer = provider_wide) -> None:
+                 authorize: Authorizer | None = None) -> None:
         self.config = config
         self.cassandra = cassandra
+        self.authenticator: Authenticator | None = None
+        if authorize is None:
+            self.authenticator = Authenticator(config)
+            authorize = self._authorize
         self.authorize = authorize
         self._secret = secrets.token_urlsafe(32)
         self._scopes: dict[str, Scope] = {}
@@ -72,8 +81,27 @@ class ReadApi:
     def engine(self) -> EngineProcess | None:
         return self._engine
 
+    async def _authorize(self, request: web.Request) -> Scope:
+        assert self.authenticator is not None
+        try:
+            principal = await self.authenticator.authenticate(
+                request.headers.get("Authorization"))
+        except Unauthorized as exc:
+            log.info("read API: refused %s %s from %s: %s", request.method, request.path,
+                     request.remote, exc)
+            raise refusal(str(exc)) from None
+        except VcdCheckUnavailable as exc:
+            log.warning("read API: cannot check a vCD session: %s", exc)
+            raise refusal(f"cannot check the vCD session now: {exc}", 503) from None
+        return principal.scope
+
     # --- life cycle -------------------------------------------------------------------
     async def start(self) -> None:
+        if self.authenticator is not None and not (
+                self.config.tokens or self.config.vcd_sessions or self.config.anonymous):
+            raise ConfigError("config: read_api: no tokens and no vcd_sessions: every request "
+                              "would be refused (read_api.tokens)")
+        tls = server_context(self.config.tls) if self.config.tls is not None else None
         from statsfeeder.sinks.cassandra import schema
         from statsfeeder.sinks.cassandra.session import connect
 
@@ -102,14 +130,16 @@ class ReadApi:
         self._client = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(
             total=self.config.query_timeout_seconds + 30))
         host, _, port = self.config.listen.rpartition(":")
-        self.port = await self._serve(self.application(), host or "0.0.0.0", int(port))
-        log.info("read API: Prometheus query API on %s:%d (lookback %d min)", host or "0.0.0.0",
-                 self.port, self.config.lookback_minutes)
+        self.port = await self._serve(self.application(), host or "0.0.0.0", int(port), tls)
+        log.info("read API: Prometheus query API on %s://%s:%d (lookback %d min)",
+                 "https" if tls else "http", host or "0.0.0.0", self.port,
+                 self.config.lookback_minutes)
 
-    async def _serve(self, app: web.Application, host: str, port: int) -> int:
+    async def _serve(self, app: web.Application, host: str, port: int,
+                     tls: ssl.SSLContext | None = None) -> int:
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, host, port, ssl_context=tls)
         await site.start()
         self._runners.append(runner)
         server = getattr(site, "_server", None)
@@ -127,6 +157,8 @@ class ReadApi:
         if self._cluster is not None:
             await asyncio.to_thread(self._cluster.shutdown)
             self._cluster = None
+        if self.authenticator is not None:
+            await self.authenticator.close()
 
     def application(self) -> web.Application:
         app = web.Application(client_max_size=1 << 20)

@@ -221,6 +221,10 @@ def test_compose_brings_up_the_statsfeeder_service(
     port = free_port()
     project = f"sftest{uuid.uuid4().hex[:6]}"
     override = tmp_path / "override.yml"
+    # The read API's certificate and Grafana's token: not read by this config (no read_api),
+    # but compose mounts them; make-certs.sh makes the real ones.
+    token = tmp_path / "grafana_api_token"
+    token.write_text(secrets.token_hex(16) + "\n")
     config, ca = deployment.files["config"], deployment.files
     override.write_text(f"""\
 services:
@@ -233,7 +237,10 @@ services:
       - {config}:/etc/statsfeeder/statsfeeder.yaml:ro
       - {ca["cassandra_ca"]}:/etc/statsfeeder/cassandra-ca.pem:ro
       - {ca["vcenter_ca"]}:/etc/statsfeeder/vcenter-ca.pem:ro
+      - {ca["cassandra_ca"]}:/etc/statsfeeder/api.pem:ro
+      - {ca["cassandra_ca"]}:/etc/statsfeeder/api.key:ro
 secrets:
+  grafana_api_token: {{file: {token}}}
 """ + "".join(f"  {s.name}: {{file: {s}}}\n" for s in deployment.secrets.iterdir()))
     compose = [str(Path(sys.executable).parent / "podman-compose"), "-p", project,
                "-f", str(REPO / "docker-compose.yml"), "-f", str(override),

@@ -191,8 +191,10 @@ def test_statsfeeder_serve_runs_until_sigterm(sink: CassandraSink, tmp_path: Pat
                                       "password_env": "CASSANDRA_PASSWORD"},
                       "tls": {"ca_file": cassandra_env["CASSANDRA_CA_FILE"]},
                       "keyspace": sink.config.keyspace, "consistency": "ONE"},
-        "read_api": {"listen": f"127.0.0.1:{port}"}}))
-    env = {"CASSANDRA_PASSWORD": cassandra_env["CASSANDRA_PASSWORD"],
+        "read_api": {"listen": f"127.0.0.1:{port}", "tokens": [
+            {"name": "ops", "token_env": "SERVE_TOKEN", "provider": True}]}}))
+    token = "serve-token-0123456789abcdef"
+    env = {"CASSANDRA_PASSWORD": cassandra_env["CASSANDRA_PASSWORD"], "SERVE_TOKEN": token,
            "PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root")}
     process = subprocess.Popen([sys.executable, "-m", "statsfeeder", "serve", "-c", str(config)],
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -202,7 +204,8 @@ def test_statsfeeder_serve_runs_until_sigterm(sink: CassandraSink, tmp_path: Pat
         while time.monotonic() < deadline and process.poll() is None:
             try:
                 answer = httpx.get(f"http://127.0.0.1:{port}/api/v1/query",
-                                   params={"query": f"count({C})", "time": str(END)})
+                                   params={"query": f"count({C})", "time": str(END)},
+                                   headers={"Authorization": f"Bearer {token}"})
                 break
             except httpx.TransportError:
                 time.sleep(0.5)
@@ -297,7 +300,7 @@ def test_serve_without_go_or_a_built_engine_says_so_in_one_line(
                                       "password_env": "CASSANDRA_PASSWORD"},
                       "tls": {"ca_file": cassandra_env["CASSANDRA_CA_FILE"]},
                       "keyspace": sink.config.keyspace, "consistency": "ONE"},
-        "read_api": {"listen": f"127.0.0.1:{free_port()}"}}))
+        "read_api": {"listen": f"127.0.0.1:{free_port()}", "anonymous": True}}))
     # An empty cache (no engine built) and no Go on PATH.
     env = {"CASSANDRA_PASSWORD": cassandra_env["CASSANDRA_PASSWORD"], "PATH": "",
            "XDG_CACHE_HOME": str(tmp_path / "cache"), "HOME": str(tmp_path)}
@@ -318,7 +321,7 @@ async def test_reads_reach_as_far_back_as_the_table_keeps(cassandra_env: dict[st
     old_end = END - 5 * 86400
     old = Fleet.generate(old_end - 1800, old_end)
     kept = create_keyspace(cassandra_env, ttl_days=20)
-    api = ReadApi(ReadApiConfig(listen=f"127.0.0.1:{free_port()}"),
+    api = ReadApi(ReadApiConfig(listen=f"127.0.0.1:{free_port()}", anonymous=True),
                   kept.config.model_copy(update={"ttl_days": 1}))
     try:
         await store_fleet(kept, old)

@@ -46,7 +46,8 @@ def test_an_instant_query_just_before_the_next_cycle_sees_every_powered_on_vm(
     api_port, telemetry_port = free_port(), free_port()
     raw["vcd"] = {"mapping_file": str(mapping)}
     raw["telemetry"] = {"listen": f"127.0.0.1:{telemetry_port}"}
-    raw["read_api"] = {"enabled": True, "listen": f"127.0.0.1:{api_port}"}
+    # No credentials needed on this loopback listener (anonymous reads provider-wide).
+    raw["read_api"] = {"enabled": True, "listen": f"127.0.0.1:{api_port}", "anonymous": True}
     path.write_text(yaml.safe_dump(raw))
     env = {"VCSIM_PASSWORD": vcsim_env["VCSIM_PASSWORD"],
            "CASSANDRA_PASSWORD": cassandra_env["CASSANDRA_PASSWORD"],
@@ -106,7 +107,7 @@ def test_run_collects_on_while_the_read_api_cannot_start(
     raw = yaml.safe_load(path.read_text())
     telemetry_port = free_port()
     raw["telemetry"] = {"listen": f"127.0.0.1:{telemetry_port}"}
-    raw["read_api"] = {"enabled": True, "listen": f"127.0.0.1:{free_port()}"}
+    raw["read_api"] = {"enabled": True, "listen": f"127.0.0.1:{free_port()}", "anonymous": True}
     path.write_text(yaml.safe_dump(raw))
     env = {"VCSIM_PASSWORD": vcsim_env["VCSIM_PASSWORD"],
            "CASSANDRA_PASSWORD": cassandra_env["CASSANDRA_PASSWORD"],

@@ -12,6 +12,7 @@ import certifi
 import yaml
 from dockerfile_parse import DockerfileParser
 
+from peers.common import ensure_certs
 from statsfeeder.config import parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,7 +36,7 @@ def test_compose_file_mounts_what_the_repository_has_and_a_valid_config(tmp_path
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     assert set(compose["services"]) == {"cassandra", "cassandra-roles", "statsfeeder-schema",
                                         "cassandra-grants", "statsfeeder", "prometheus",
-                                        "kairosdb"}
+                                        "kairosdb", "grafana"}
     for name, service in compose["services"].items():
         for volume in service.get("volumes", []):
             source = volume.split(":")[0]
@@ -46,16 +47,45 @@ def test_compose_file_mounts_what_the_repository_has_and_a_valid_config(tmp_path
     config_path = statsfeeder["command"][-1]
     raw = yaml.safe_load((ROOT / mounted[config_path]).read_text())
     for secret in compose["secrets"]:
-        (tmp_path / secret).write_text("s3cret\n")
+        (tmp_path / secret).write_text("s3cret-long-enough-for-a-token\n")
     text = yaml.safe_dump(raw).replace("/run/secrets/", f"{tmp_path}/")
     text = text.replace("/etc/statsfeeder/cassandra-ca.pem", certifi.where())  # mounted there
+    certs = ensure_certs()  # make-certs.sh's files are not in the repository
+    for name, source in (("api.pem", "cert"), ("api.key", "key")):
+        assert f"/etc/statsfeeder/{name}" in mounted
+        text = text.replace(f"/etc/statsfeeder/{name}", str(certs[source]))
     config = parse_config(yaml.safe_load(text), environ={})
     assert config.cassandra.hosts == ["cassandra"]
     assert config.cassandra.credentials is not None
     assert config.cassandra.credentials.username == "statsfeeder"  # not the superuser
     assert config.telemetry.listen.endswith(":9274")
+    assert config.read_api.enabled and config.read_api.listen.endswith(":9275")
+    assert [t.name for t in config.read_api.tokens] == ["grafana"] and config.read_api.tls
     prometheus = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
     assert prometheus["scrape_configs"][0]["static_configs"][0]["targets"] == ["statsfeeder:9274"]
+
+
+def test_grafana_reads_the_api_with_a_token_from_a_secret() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    grafana = compose["services"]["grafana"]
+    assert "grafana_api_token" in grafana["secrets"]
+    for name in ("statsfeeder", "statsfeeder-schema"):  # both read the config's token_file
+        assert "grafana_api_token" in compose["services"][name]["secrets"]
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in grafana["volumes"]}
+    assert mounts["/etc/grafana/provisioning"] == "./deploy/grafana/provisioning"
+    provisioning = ROOT / "deploy" / "grafana" / "provisioning"
+    sources = yaml.safe_load((provisioning / "datasources" / "statsfeeder.yaml").read_text())
+    (source,) = sources["datasources"]
+    assert source["type"] == "prometheus" and source["url"].startswith("https://statsfeeder:")
+    assert source["url"].rsplit(":", 1)[1] in {p.split(":")[0] for p in
+                                               compose["services"]["statsfeeder"]["ports"]}
+    assert source["jsonData"]["httpHeaderName1"] == "Authorization"
+    assert source["secureJsonData"]["httpHeaderValue1"] == \
+        "Bearer $__file{/run/secrets/grafana_api_token}"
+    boards = yaml.safe_load((provisioning / "dashboards" / "statsfeeder.yaml").read_text())
+    assert boards["providers"][0]["options"]["path"] in mounts
+    dashboards = sorted((ROOT / mounts[boards["providers"][0]["options"]["path"]]).glob("*.json"))
+    assert [d.name for d in dashboards] == ["provider-overview.json", "vm-detail.json"]
 
 
 def test_example_config_validates(tmp_path: Path) -> None:
