@@ -217,6 +217,26 @@ class CassandraTLS(Strict):
     check_hostname: bool = True
 
 
+class RollupConfig(Strict):
+    """Hourly and daily roll-ups beside the raw samples (statsfeeder/rollups/, docs/schema.md):
+    recomputed from the stored samples after each acknowledged write, so they match them."""
+
+    enabled: bool = True
+    hourly_days: Annotated[int, Field(gt=0, le=3650)] = 90
+    """Retention of the hourly tier (per VM and per VDC/org), in days."""
+    daily_days: Annotated[int, Field(gt=0, le=3650)] = 400
+    """Retention of the daily tier, in days."""
+    settle_seconds: Annotated[int, Field(ge=0, le=7200)] = 900
+    """An hour is rolled up this long after it ends; samples that come later roll it up
+    again. Less means fresher roll-ups, more work for hours still being written."""
+    scan_hours: Annotated[int, Field(ge=2, le=720)] = 72
+    """How far back the worker looks for hours marked for roll-up (and how long a mark
+    lives): a service stopped longer with marks pending needs 'statsfeeder rollups rebuild'."""
+    max_in_flight: Annotated[int, Field(ge=1, le=256)] = 16
+    """Cassandra requests the roll-up worker keeps in flight (it also waits while a
+    collection cycle runs, so roll-ups never delay collection)."""
+
+
 class CassandraConfig(Strict):
     enabled: bool = True
     hosts: Annotated[list[str], Field(min_length=1)] = Field(default_factory=lambda: ["127.0.0.1"])
@@ -234,6 +254,7 @@ class CassandraConfig(Strict):
     request_timeout_seconds: Annotated[float, Field(gt=0)] = 12.0
     connect_timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
     write_retries: Annotated[int, Field(ge=0, le=20)] = 5
+    rollups: RollupConfig = RollupConfig()
 
 
 class KairosDBConfig(Strict):

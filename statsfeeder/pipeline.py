@@ -15,7 +15,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -129,6 +129,9 @@ class Pipeline:
         """vCenter's clock minus ours, as of the last CurrentTime."""
         self.lag_vms: list[str] | None = None
         """The VMs the last cycle collected (powered on, not skipped): the lag is theirs."""
+        self.after_store: Callable[[str, list[Series]], Awaitable[None]] | None = None
+        """Called once a sink acknowledged a chunk, before its watermarks move (roll-up
+        marks); a SinkError from it keeps them back, so the chunk is re-read."""
 
     def load_watermarks(self) -> None:
         """Merge the stored watermarks in (the later mark per VM wins: both are true)."""
@@ -274,6 +277,15 @@ class Pipeline:
                 log.warning("%s: %s did not store a chunk: %s", vcenter, sink.name, exc)
                 continue
             t.write_duration.labels(sink.name).observe(time.monotonic() - began)
+            if self.after_store is not None:
+                try:
+                    await self.after_store(sink.name, series)
+                except SinkError as exc:
+                    report.sink_failures[sink.name] += 1
+                    t.sink_errors.labels("rollup_marks", type(exc).__name__).inc()
+                    log.warning("%s: roll-up marks not stored (re-read next cycle): %s",
+                                vcenter, exc)
+                    continue
             t.samples_written.labels(sink.name).inc(result.samples)
             report.written[sink.name] += result.samples
             advanced = self._advance(sink.name, watermark_candidates(series))

@@ -32,6 +32,7 @@ class Service:
     health: Any = None
     marks: Any = None
     """The sinks' open/missing state (``sink_health``) and where watermarks persist."""
+    rollups: Any = None
 
     async def open(self) -> None:
         if self.marks is not None and self.marks.file is not None:
@@ -65,6 +66,8 @@ class Service:
             self.marks.close()
         for pipeline in self.pipelines:
             pipeline.source.client.close()
+        if self.rollups is not None:
+            self.rollups.close()
         for sink in self.sinks:
             sink.close()
         if self.vcd is not None:
@@ -120,6 +123,12 @@ def build_service(config: Config) -> Service:
     service.pipelines = [Pipeline(VCenterSource(vc, config.collection), sinks, retagger,
                                   telemetry, service.marks, sink_up=service.health.up)
                          for vc in config.vcenters]
+    if store is not None and config.cassandra.rollups.enabled:
+        from statsfeeder.rollups.hook import Rollups
+
+        service.rollups = Rollups(store, config.cassandra, telemetry)
+        for pipeline in service.pipelines:
+            pipeline.after_store = service.rollups.mark
     return service
 
 
@@ -155,6 +164,9 @@ async def run_once(config: Config) -> int:
             print(f"statsfeeder: sink {name} missed this cycle ({why}); the next cycle "
                   "backfills it from its watermarks once it is reachable", file=sys.stderr)
             status = 1
+        if service.rollups is not None and service.health.up("cassandra"):  # cron users get roll-ups of the settled hours too
+            rolled = await service.rollups.run_pass()
+            print(f"roll-ups: {rolled.vm_hours} VM-hours, {rolled.tenant_hours} VDC/org-hours")
         return status
     finally:
         await asyncio.to_thread(service.close)
@@ -256,6 +268,11 @@ async def run_service(config: Config, drain_seconds: float = 6.0) -> int:
         else:
             for pipeline in service.pipelines:
                 telemetry.leases_held.labels(pipeline.source.name).set(1)
+        if service.rollups is not None:  # one instance rolls up: the holder of the first lease
+            first = min(p.source.name for p in service.pipelines)
+            background.append(asyncio.create_task(service.rollups.run(stopping, lambda: (
+                not any(busy(p.source.name) for p in service.pipelines)
+                and (keeper is None or keeper.holds(first))))))
         ready.set()
         telemetry.up.set(1)
         slot = int(time.time())

@@ -88,6 +88,22 @@ class Telemetry:
         self.lease_errors = Counter(
             "statsfeeder_lease_errors_total", "Failed lease operations against Cassandra.",
             ["operation"], registry=r)
+        self.rollup_vm_hours = Counter(
+            "statsfeeder_rollup_vm_hours_total", "VM-hours rolled up from the raw rows.",
+            registry=r)
+        self.rollup_samples = Counter(
+            "statsfeeder_rollup_samples_total", "Raw samples read to compute roll-ups.",
+            registry=r)
+        self.rollup_pass_duration = Histogram(
+            "statsfeeder_rollup_pass_duration_seconds", "Wall time of one roll-up pass "
+            "(including waits while collection cycles run).", buckets=CYCLE_BUCKETS,
+            registry=r)
+        self.rollup_errors = Counter(
+            "statsfeeder_rollup_errors_total", "Roll-up passes or marks that failed, by kind "
+            "(the hours are redone).", ["kind"], registry=r)
+        self.rollup_last_success = Gauge(
+            "statsfeeder_rollup_last_success_timestamp_seconds",
+            "When the last roll-up pass ended without error.", registry=r)
         self.up = Gauge("statsfeeder_up", "1 while the service runs.", registry=r)
         self.sink_up = Gauge(
             "statsfeeder_sink_up", "1 once a sink is open; 0 while it is missing (unreachable "

@@ -16,6 +16,7 @@ from typing import Any
 
 from statsfeeder.config import CassandraConfig, Replication
 from statsfeeder.errors import ConfigError, SchemaMismatch
+from statsfeeder.rollups import schema as rollups
 
 SCHEMA_VERSION = 1
 
@@ -29,6 +30,7 @@ EXPECTED_COLUMNS: dict[str, dict[str, str]] = {
                    "last_sample": "timestamp"},
     "leases": {"name": "text", "owner": "text", "acquired": "timestamp"},
     "schema_info": {"key": "text", "version": "int"},
+    **rollups.EXPECTED_COLUMNS,
 }
 
 
@@ -63,6 +65,7 @@ def tables_cql(config: CassandraConfig) -> list[str]:
         f"""CREATE TABLE IF NOT EXISTS {ks}.leases (
             name text PRIMARY KEY, owner text, acquired timestamp)""",
         f"""CREATE TABLE IF NOT EXISTS {ks}.schema_info (key text PRIMARY KEY, version int)""",
+        *rollups.tables_cql(config),
     ]
 
 
@@ -73,6 +76,7 @@ class SchemaState:
     ttl_seconds: int | None
     version: int | None
     problems: tuple[str, ...]
+    table_ttls: tuple[tuple[str, int], ...] = ()
 
     def describe(self) -> str:
         if not self.exists:
@@ -80,6 +84,8 @@ class SchemaState:
         ttl = "?" if self.ttl_seconds is None else f"{_days(self.ttl_seconds)} days"
         lines = [f"replication: {self.replication}", f"samples TTL: {ttl}",
                  f"schema version: {self.version}"]
+        lines += [f"{table} TTL: {seconds / 86400:g} days" for table, seconds in self.table_ttls
+                  if table.startswith("rollup_") and table != "rollup_dirty"]
         lines += [f"problem: {p}" for p in self.problems]
         return "\n".join(lines)
 
@@ -105,12 +111,10 @@ def inspect(session: Any, keyspace: str) -> SchemaState:
             if actual.get(column) != kind:
                 problems.append(f"{keyspace}.{table}.{column} is {actual.get(column) or 'missing'}"
                                 f", expected {kind}")
-    ttl = None
-    table_rows = list(session.execute(
-        "SELECT default_time_to_live FROM system_schema.tables WHERE keyspace_name = %s "
-        "AND table_name = 'samples'", (keyspace,)))
-    if table_rows:
-        ttl = int(table_rows[0].default_time_to_live)
+    ttls = {row.table_name: int(row.default_time_to_live) for row in session.execute(
+        "SELECT table_name, default_time_to_live FROM system_schema.tables "
+        "WHERE keyspace_name = %s", (keyspace,))}
+    ttl = ttls.get("samples")
     version = None
     if "schema_info" in columns:
         info = list(session.execute(f"SELECT version FROM {keyspace}.schema_info "
@@ -118,7 +122,8 @@ def inspect(session: Any, keyspace: str) -> SchemaState:
         version = int(info[0].version) if info else None
         if version is not None and version != SCHEMA_VERSION:
             problems.append(f"schema version {version}, this statsfeeder writes {SCHEMA_VERSION}")
-    return SchemaState(True, replication, ttl, version, tuple(problems))
+    return SchemaState(True, replication, ttl, version, tuple(problems),
+                       tuple(sorted(ttls.items())))
 
 
 def create(session: Any, config: CassandraConfig) -> SchemaState:
@@ -167,13 +172,18 @@ def lowers(before: Mapping[str, int], after: Mapping[str, int]) -> bool:
 
 
 def update(session: Any, config: CassandraConfig, *, ttl: bool, replication: bool,
-           allow_lower_replication: bool = False) -> tuple[SchemaState, list[str]]:
+           allow_lower_replication: bool = False, rollup_ttls: bool = False
+           ) -> tuple[SchemaState, list[str]]:
     """Change only what was asked (``ttl``: config.ttl_days; ``replication``:
-    config.replication). Returns the new state and one line per change made."""
+    config.replication; ``rollup_ttls``: config.rollups' retention) and create the tables
+    added since (the roll-ups'). Returns the new state and one line per change made."""
     state = inspect(session, config.keyspace)
     if not state.exists:
         raise SchemaMismatch(f"schema: keyspace {config.keyspace} does not exist; "
                              "run 'statsfeeder schema create' first")
+    for statement in tables_cql(config):  # tables added since (the roll-ups): created
+        session.execute(statement)
+    state = inspect(session, config.keyspace)
     if state.problems:
         raise SchemaMismatch(f"schema: {state.problems[0]}")
     notes: list[str] = []
@@ -204,9 +214,17 @@ def update(session: Any, config: CassandraConfig, *, ttl: bool, replication: boo
             notes.append(f"samples TTL {_days(state.ttl_seconds)} -> {config.ttl_days} days "
                          "for rows written from now on (running services too); existing rows "
                          "keep theirs")
+    if rollup_ttls:
+        current = dict(state.table_ttls)
+        for table, seconds in rollups.table_ttls(config).items():
+            if current.get(table) != seconds:
+                session.execute(f"ALTER TABLE {config.keyspace}.{table} "
+                                f"WITH default_time_to_live = {seconds}")
+        notes.append(f"roll-up retention: hourly {config.rollups.hourly_days} days, daily "
+                     f"{config.rollups.daily_days} days for rows written from now on")
     if not notes:
-        notes.append("nothing to change: give --ttl, --replication-factor or --datacenters "
-                     "(or set ttl_days / replication in the config file)")
+        notes.append("nothing to change: give --ttl, --replication-factor, --datacenters, "
+                     "--hourly-ttl or --daily-ttl (or set them in the config file)")
     return inspect(session, config.keyspace), notes
 
 
@@ -232,5 +250,7 @@ def check(session: Any, keyspace: str) -> SchemaState:
         raise SchemaMismatch(f"schema: keyspace {keyspace} does not exist; "
                              "run 'statsfeeder schema create'")
     if state.problems:
-        raise SchemaMismatch(f"schema: {state.problems[0]}")
+        hint = "; run 'statsfeeder schema update'" if state.problems[0].startswith(
+            "table ") else ""
+        raise SchemaMismatch(f"schema: {state.problems[0]}{hint}")
     return state

@@ -1,0 +1,53 @@
+"""What the service wires in: the marks hook for every pipeline and the worker task, both on
+the Cassandra sink's session (opened later than the service is built)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from statsfeeder.config import CassandraConfig
+from statsfeeder.errors import SinkUnavailable
+from statsfeeder.model import Series
+from statsfeeder.rollups.marks import RollupMarks
+from statsfeeder.rollups.store import RollupStore
+from statsfeeder.rollups.worker import PassReport, RollupWorker
+
+
+class Rollups:
+    def __init__(self, sink: Any, config: CassandraConfig, telemetry: Any) -> None:
+        self.sink = sink
+        self.config = config
+        self.telemetry = telemetry
+        self._store: RollupStore | None = None
+        self._marks = RollupMarks(self.store, config.rollups.settle_seconds, sink.name)
+
+    def store(self) -> RollupStore:
+        if self._store is None:
+            self._store = RollupStore(self.sink.session, self.config)
+        return self._store
+
+    async def mark(self, sink: str, series: list[Series]) -> None:
+        """The pipelines' after_store hook."""
+        try:
+            await self._marks(sink, series)
+        except Exception as exc:
+            if type(exc).__module__.split(".")[0] != "cassandra":
+                raise
+            self.telemetry.rollup_errors.labels("marks").inc()
+            raise SinkUnavailable(f"cassandra: roll-up marks: {type(exc).__name__}: "
+                                  f"{' '.join(str(exc).split())[:200]}") from None
+
+    def worker(self, idle: Callable[[], bool] = lambda: True) -> RollupWorker:
+        return RollupWorker(self.store(), self.config.rollups, self.telemetry, idle)
+
+    async def run(self, stopping: asyncio.Event, idle: Callable[[], bool]) -> None:
+        await self.worker(idle).run(stopping)
+
+    async def run_pass(self) -> PassReport:
+        return await self.worker().run_pass()
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
