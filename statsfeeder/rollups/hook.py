@@ -4,6 +4,7 @@ the Cassandra sink's session (opened later than the service is built)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -16,12 +17,14 @@ from statsfeeder.rollups.worker import PassReport, RollupWorker
 
 
 class Rollups:
-    def __init__(self, sink: Any, config: CassandraConfig, telemetry: Any) -> None:
+    def __init__(self, sink: Any, config: CassandraConfig, telemetry: Any,
+                 clock: Callable[[], float] = time.time) -> None:
         self.sink = sink
         self.config = config
         self.telemetry = telemetry
         self._store: RollupStore | None = None
-        self._marks = RollupMarks(self.store, config.rollups.settle_seconds, sink.name)
+        self.clock = clock
+        self._marks = RollupMarks(self.store, config.rollups.settle_seconds, sink.name, clock)
 
     def store(self) -> RollupStore:
         if self._store is None:
@@ -40,7 +43,8 @@ class Rollups:
                                   f"{' '.join(str(exc).split())[:200]}") from None
 
     def worker(self, idle: Callable[[], bool] = lambda: True) -> RollupWorker:
-        return RollupWorker(self.store(), self.config.rollups, self.telemetry, idle)
+        return RollupWorker(self.store(), self.config.rollups, self.telemetry, idle,
+                            self.clock)
 
     async def run(self, stopping: asyncio.Event, idle: Callable[[], bool]) -> None:
         await self.worker(idle).run(stopping)

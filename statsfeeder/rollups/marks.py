@@ -15,6 +15,9 @@ from statsfeeder.rollups.store import RollupStore
 from statsfeeder.sources.vcenter.query import STORAGE_WINDOW
 
 SKEW_SECONDS = 60
+REMEMBER_HOURS = 3
+"""How long after it settled an hour's first placement is remembered: longer than any re-read
+of it (vCenter keeps realtime samples for an hour)."""
 """Margin for clocks of several instances when deciding an hour is not rolled up yet."""
 
 
@@ -48,15 +51,17 @@ class RollupMarks:
         return now < (hour + 1) * 3600 + self._settle - SKEW_SECONDS
 
     async def __call__(self, sink: str, series: list[Series]) -> None:
+        """An hour keeps the placement of the first chunk that wrote it: the overlap re-reads
+        the end of the previous hour, after a move too, and must not move that hour."""
         if sink != self._sink:
             return
         now = self._clock()
-        fresh = {key: where for key, where in touched(series).items()
-                 if self._sent.get(key) != where or not self._open(key[1], now)}
+        fresh = {key: self._sent.get(key, where) for key, where in touched(series).items()
+                 if key not in self._sent or not self._open(key[1], now)}
         if fresh:
             await self._store().put_marks(fresh)
         self._sent.update(fresh)
         if now - self._pruned > 60:
             self._pruned = now
             self._sent = {key: where for key, where in self._sent.items()
-                          if self._open(key[1], now)}
+                          if now < (key[1] + 1 + REMEMBER_HOURS) * 3600 + self._settle}

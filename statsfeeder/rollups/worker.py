@@ -141,10 +141,12 @@ class RollupWorker:
         raw, before = await asyncio.gather(self.store.raw_hour(vm, hour, metrics),
                                            self.store.hourly(vm, hour, hour + 1, metrics))
         aggs = {key: Agg.of(values) for key, (_, values) in raw.items() if values.size}
+        was = {t for row in before for t in row[3].tenants()}
+        if before and before[0][3].org:
+            where = before[0][3]  # an hour stays where it was first rolled up (after a restart)
         if aggs:
             await self.store.put_hour(vm, hour, aggs, where)
         now = set(where.tenants()) if aggs else set()
-        was = {t for row in before for t in row[3].tenants()}
         await asyncio.gather(
             *(self.store.set_member(scope, tenant, hour, vm, True) for scope, tenant in now),
             *(self.store.set_member(scope, tenant, hour, vm, False)
