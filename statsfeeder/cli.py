@@ -1,5 +1,5 @@
 """``statsfeeder`` commands: once | run | serve | validate | schema create|update|show | query |
-sizing.
+report | sizing.
 
 Errors print one line on stderr naming what is at fault and exit non-zero; secrets are never
 printed.
@@ -206,6 +206,15 @@ def cmd_sizing(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from statsfeeder.rollups import report
+
+    since, until = report.parse_period(args.start, args.end, args.month)
+    print(report.run(cassandra_config(args), since, until, args.by, args.org, args.format),
+          end="")
+    return 0
+
+
 def cmd_collect(args: argparse.Namespace) -> int:
     from statsfeeder.service import run_once, run_service
 
@@ -287,6 +296,15 @@ def parser() -> argparse.ArgumentParser:
     query.add_argument("--format", choices=("table", "csv", "json"), default="table")
     _cassandra_options(query)
     query.set_defaults(handler=cmd_query)
+    report = commands.add_parser("report", help="usage per VM, vApp, VDC or org (roll-ups)")
+    report.add_argument("--month", help="a calendar month in UTC: 2026-11")
+    report.add_argument("--from", dest="start", help="UTC date or whole hour: 2026-11-01")
+    report.add_argument("--to", dest="end", help="end, excluded: 2026-12-01T00:00Z")
+    report.add_argument("--by", choices=("vm", "vapp", "vdc", "org"), default="org")
+    report.add_argument("--org", help="only this org (its vCD name as stored)")
+    report.add_argument("--format", choices=("csv", "json"), default="csv")
+    _cassandra_options(report)
+    report.set_defaults(handler=cmd_report)
     kairosdb = commands.add_parser("kairosdb", help="KairosDB maintenance (hybrid mode)")
     kairosdb.add_argument("kairosdb_action", choices=("purge",))
     kairosdb.add_argument("-c", "--config", type=Path, required=True)
