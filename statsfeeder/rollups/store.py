@@ -11,13 +11,12 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import numpy as np
 from cassandra.query import BatchStatement, BatchType
 
 from statsfeeder.config import CassandraConfig
 from statsfeeder.rollups.compute import Agg, Placement, SeriesKey, TenantAgg
+from statsfeeder.rollups.fold import fold
 from statsfeeder.rollups.schema import DIRTY_SHARDS, month_of_day, table_ttls, week_of_hour
-from statsfeeder.sinks.cassandra.encoder import decode_window
 from statsfeeder.sinks.cassandra.writer import ROWS_PER_BATCH
 
 Mark = tuple[str, Placement, int]
@@ -114,11 +113,12 @@ class RollupStore:
             f"SELECT metric FROM {self.keyspace}.metrics"))
 
     # --- per VM ---------------------------------------------------------------------------
-    async def raw_hour(self, vm: str, hour: int, metrics: list[str]
-                       ) -> dict[SeriesKey, tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]]:
-        result: dict[SeriesKey, tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]]
-        result = await self.run(self._raw, (vm, hour // 24, metrics, hour * 3600_000,
-                                            (hour + 1) * 3600_000), _decode)
+    async def raw_hour(self, vm: str, hour: int, metrics: list[str]) -> dict[SeriesKey, Agg]:
+        """Each series' figures over the hour's raw windows, as stored now."""
+        result: dict[SeriesKey, Agg] = await self.run(
+            self._raw, (vm, hour // 24, metrics, hour * 3600_000, (hour + 1) * 3600_000),
+            lambda rows: fold(((r.metric, r.instance), epoch(r.window_start), r.data)
+                              for r in rows))
         return result
 
     async def hourly(self, vm: str, first_hour: int, end_hour: int, metrics: list[str]
@@ -210,15 +210,6 @@ class RollupStore:
         """Delete the marks written up to that time: a mark rewritten since (new samples
         while this hour was being rolled up) survives and is rolled up again."""
         await self.run(self._clear, (upto_micros, hour * 3600_000, shard))
-
-
-def _decode(rows: list[Any]) -> dict[SeriesKey, tuple[Any, Any]]:
-    parts: dict[SeriesKey, list[tuple[Any, Any]]] = {}
-    for row in rows:  # ascending window_start within each (metric, instance)
-        parts.setdefault((row.metric, row.instance), []).append(
-            decode_window(epoch(row.window_start), row.data))
-    return {key: (np.concatenate([s for s, _ in chunks]),
-                  np.concatenate([v for _, v in chunks])) for key, chunks in parts.items()}
 
 
 def _tenant_values(agg: TenantAgg) -> tuple[Any, ...]:

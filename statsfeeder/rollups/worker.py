@@ -140,7 +140,7 @@ class RollupWorker:
         hour changed (where the VM is now and where it was counted before)."""
         raw, before = await asyncio.gather(self.store.raw_hour(vm, hour, metrics),
                                            self.store.hourly(vm, hour, hour + 1, metrics))
-        aggs = {key: Agg.of(values) for key, (_, values) in raw.items() if values.size}
+        aggs = raw
         was = {t for row in before for t in row[3].tenants()}
         if before and before[0][3].org:
             where = before[0][3]  # an hour stays where it was first rolled up (after a restart)
