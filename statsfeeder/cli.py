@@ -1,5 +1,5 @@
 """``statsfeeder`` commands: once | run | serve | validate | schema create|update|show | query |
-report | sizing.
+report | rollups rebuild | sizing.
 
 Errors print one line on stderr naming what is at fault and exit non-zero; secrets are never
 printed.
@@ -39,6 +39,8 @@ def _cassandra_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--password", help="prefer --password-file or CASSANDRA_PASSWORD")
     group.add_argument("--password-file", type=Path)
     group.add_argument("--ttl", type=int, help="retention in days")
+    group.add_argument("--hourly-ttl", type=int, help="hourly roll-ups' retention in days")
+    group.add_argument("--daily-ttl", type=int, help="daily roll-ups' retention in days")
     group.add_argument("--keyspace")
     group.add_argument("--ca-file", type=Path, help="PEM CA bundle that signed the nodes")
     group.add_argument("--client-cert", type=Path)
@@ -84,7 +86,7 @@ def cassandra_request(args: argparse.Namespace) -> tuple[CassandraConfig, set[st
     asked: set[str] = set()
     if args.config:
         loaded = load_config(args.config).cassandra
-        asked = loaded.model_fields_set & {"ttl_days", "replication"}
+        asked = loaded.model_fields_set & {"ttl_days", "replication", "rollups"}
         base = loaded.model_dump(exclude_none=True, exclude={"credentials"})
         if loaded.credentials is not None:
             base["credentials"] = {"username": loaded.credentials.username,
@@ -96,6 +98,10 @@ def cassandra_request(args: argparse.Namespace) -> tuple[CassandraConfig, set[st
             base[key] = value
     if args.ttl is not None:
         asked.add("ttl_days")
+    for key, value in (("hourly_days", args.hourly_ttl), ("daily_days", args.daily_ttl)):
+        if value is not None:
+            base["rollups"] = {**base.get("rollups", {}), key: value}
+            asked.add("rollups")
     username = args.username or (None if args.config else os.environ.get("CASSANDRA_USERNAME"))
     if username:
         credentials: dict[str, Any] = {"username": username}
@@ -137,7 +143,8 @@ def cmd_schema(args: argparse.Namespace) -> int:
         elif args.schema_action == "update":
             state, notes = schema.update(
                 session, config, ttl="ttl_days" in asked, replication="replication" in asked,
-                allow_lower_replication=args.allow_lower_replication)
+                allow_lower_replication=args.allow_lower_replication,
+                rollup_ttls="rollups" in asked)
             for note in notes:
                 print(f"schema: {config.keyspace}: {note}")
         else:
@@ -212,6 +219,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     since, until = report.parse_period(args.start, args.end, args.month)
     print(report.run(cassandra_config(args), since, until, args.by, args.org, args.format),
           end="")
+    return 0
+
+
+def cmd_rollups(args: argparse.Namespace) -> int:
+    from statsfeeder.rollups import report
+    from statsfeeder.rollups.hook import rebuild
+
+    since, until = report.parse_period(args.start, args.end, None)
+    done = asyncio.run(rebuild(cassandra_config(args), since, until))
+    print(f"roll-ups: {done.vm_hours} VM-hours, {done.tenant_hours} VDC/org-hours rebuilt "
+          f"from {done.samples} samples")
     return 0
 
 
@@ -305,6 +323,12 @@ def parser() -> argparse.ArgumentParser:
     report.add_argument("--format", choices=("csv", "json"), default="csv")
     _cassandra_options(report)
     report.set_defaults(handler=cmd_report)
+    rollups = commands.add_parser("rollups", help="roll up stored raw samples again")
+    rollups.add_argument("rollups_action", choices=("rebuild",))
+    rollups.add_argument("--from", dest="start", required=True, help="UTC whole hour or date")
+    rollups.add_argument("--to", dest="end", required=True, help="end, excluded")
+    _cassandra_options(rollups)
+    rollups.set_defaults(handler=cmd_rollups)
     kairosdb = commands.add_parser("kairosdb", help="KairosDB maintenance (hybrid mode)")
     kairosdb.add_argument("kairosdb_action", choices=("purge",))
     kairosdb.add_argument("-c", "--config", type=Path, required=True)

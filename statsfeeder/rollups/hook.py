@@ -55,3 +55,21 @@ class Rollups:
     def close(self) -> None:
         if self._store is not None:
             self._store.close()
+
+
+async def rebuild(config: CassandraConfig, since: int, until: int) -> PassReport:
+    """``statsfeeder rollups rebuild``: every VM of the entities table, every hour of
+    [since, until), from the raw rows; each VM where the entities table puts it now."""
+    from statsfeeder.rollups.compute import Placement
+    from statsfeeder.sinks.cassandra.sink import CassandraSink
+
+    sink = CassandraSink(config)
+    await asyncio.to_thread(sink.open)
+    rollups = Rollups(sink, config, None)
+    try:
+        vms = {row.vm_id: Placement(row.org or "", row.vdc or "", row.vapp or "")
+               for row in await asyncio.to_thread(sink.list_entities)}
+        return await rollups.worker().rebuild(vms, since // 3600, -(-until // 3600))
+    finally:
+        rollups.close()
+        sink.close()

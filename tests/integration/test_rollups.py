@@ -214,3 +214,35 @@ async def _scenario(sink: CassandraSink) -> None:
     # No marks left behind.
     left = list(session.execute(f"SELECT hour FROM {ks}.rollup_dirty"))
     assert left == []
+
+
+def test_rebuild_rolls_up_raw_rows_written_without_marks(sink: CassandraSink) -> None:
+    """Raw rows from before the roll-ups (or whose marks expired): the command rolls them up."""
+    from statsfeeder.model import VirtualMachine
+    from tests.integration.test_cassandra_sink import cli
+
+    ks, session = sink.config.keyspace, sink.session
+    vms = [FakeVm("urn:vcloud:vm:dddddddd-0001", "org1", "vdc1", "vapp1", seed=21),
+           FakeVm("urn:vcloud:vm:dddddddd-0002", "org1", "vdc2", "vapp2",
+                  on_from=DAY + H + 600, seed=22)]
+    asyncio.run(sink.write(series_for(vms, DAY - H, DAY + 3 * H)))
+    asyncio.run(sink.save_entities([VirtualMachine("vc1", vm.vm[-8:], vm.vm, "", "", True,
+                                                   vm.entity()) for vm in vms]))
+    assert read_vm(session, ks, vms[0].vm, METRICS, "hourly", DAY - H, DAY + 3 * H) == []
+    env = {"CASSANDRA_HOSTS": ",".join(sink.config.hosts),
+           "CASSANDRA_PORT": str(sink.config.port),
+           "CASSANDRA_USERNAME": sink.config.credentials.username,  # type: ignore[union-attr]
+           "CASSANDRA_PASSWORD": sink.config.credentials.secret(),  # type: ignore[union-attr]
+           "CASSANDRA_CA_FILE": str(sink.config.tls.ca_file)}
+    done = cli("rollups", "rebuild", "--from", "2026-11-19T23:00Z", "--to", "2026-11-20T03:00Z",
+               "--keyspace", ks, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "8 VM-hours" in done.stdout
+    for vm in vms:
+        want_hours, want_days = expected_vm(session, ks, vm.vm, DAY - H, DAY + 3 * H)
+        got_hours, got_days, _ = stored_vm(session, ks, vm.vm, DAY - H, DAY + 3 * H)
+        assert got_hours == want_hours and want_hours
+        assert got_days == want_days
+    got = read_tenant(session, ks, "org", "org1", ["cpu.usagemhz.average"], "hourly",
+                      DAY - H, DAY + 3 * H)["cpu.usagemhz.average"]
+    assert [p.agg.vms for p in got] == [1, 1, 2, 2]
