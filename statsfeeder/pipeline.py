@@ -277,6 +277,8 @@ class Pipeline:
                 log.warning("%s: %s did not store a chunk: %s", vcenter, sink.name, exc)
                 continue
             t.write_duration.labels(sink.name).observe(time.monotonic() - began)
+            t.samples_written.labels(sink.name).inc(result.samples)
+            report.written[sink.name] += result.samples
             if self.after_store is not None:
                 try:
                     await self.after_store(sink.name, series)
@@ -286,8 +288,6 @@ class Pipeline:
                     log.warning("%s: roll-up marks not stored (re-read next cycle): %s",
                                 vcenter, exc)
                     continue
-            t.samples_written.labels(sink.name).inc(result.samples)
-            report.written[sink.name] += result.samples
             advanced = self._advance(sink.name, watermark_candidates(series))
             if advanced and self.store is not None:
                 try:

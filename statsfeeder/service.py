@@ -38,6 +38,8 @@ class Service:
         if self.marks is not None and self.marks.file is not None:
             await asyncio.to_thread(self.marks.file.open)
         await self.health.open_all()  # a missing sink is retried; the others are collected
+        if self.rollups is not None and self.health.up("cassandra"):
+            await asyncio.to_thread(self.rollups.store)  # prepares: not on the event loop
         if self.vcd is not None:
             from statsfeeder.transforms.vcd import VcdUnavailable
 
@@ -60,6 +62,8 @@ class Service:
 
         if sink is self.store:
             await record_counters(sink, [p.source.counters for p in self.pipelines])
+            if self.rollups is not None:
+                await asyncio.to_thread(self.rollups.store)
 
     def close(self) -> None:
         if self.marks is not None:

@@ -28,7 +28,8 @@ class Rollups:
 
     def store(self) -> RollupStore:
         if self._store is None:
-            self._store = RollupStore(self.sink.session, self.config)
+            self._store = RollupStore(self.sink.session, self.config,
+                                      getattr(self.sink, "execute", None))
         return self._store
 
     async def mark(self, sink: str, series: list[Series]) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import calendar
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -33,8 +33,12 @@ def shard_of(vm_id: str) -> int:
 
 
 class RollupStore:
-    def __init__(self, session: Any, config: CassandraConfig) -> None:
+    def __init__(self, session: Any, config: CassandraConfig,
+                 write_mark: Callable[[Any], Awaitable[None]] | None = None) -> None:
+        """``write_mark``: how marks are written (the collection's own write path, so they
+        never wait behind the worker's requests); by default the worker's."""
         self.session = session
+        self._write_mark = write_mark
         self.keyspace = ks = config.keyspace
         # Its own threads: the collection's blocking calls (pyvmomi, the driver) use the
         # default executor, which roll-ups must never fill.
@@ -198,8 +202,18 @@ class RollupStore:
             shard = shard_of(vm)
             partitions.setdefault((hour, shard), []).append(
                 (hour * 3600_000, shard, vm, where.org, where.vdc, where.vapp, ttl))
-        await asyncio.gather(*(self.write(self._put_mark, rows)
-                               for rows in partitions.values()))
+        if self._write_mark is None:
+            await asyncio.gather(*(self.write(self._put_mark, rows)
+                                   for rows in partitions.values()))
+            return
+        requests = []
+        for rows in partitions.values():
+            for begin in range(0, len(rows), ROWS_PER_BATCH):
+                batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+                for row in rows[begin:begin + ROWS_PER_BATCH]:
+                    batch.add(self._put_mark, row)
+                requests.append(self._write_mark(batch))
+        await asyncio.gather(*requests)
 
     async def marks(self, hour: int, shard: int) -> list[Mark]:
         rows = await self.run(self._marks, (hour * 3600_000, shard))

@@ -66,6 +66,11 @@ class CassandraSink:
         assert self._writer is not None, "open() first"
         return await self._writer.write(series)
 
+    async def execute(self, statement: Any) -> None:
+        """One more write through the sink's in-flight bound and retries (roll-up marks)."""
+        assert self._writer is not None, "open() first"
+        await self._writer.execute(statement)
+
     async def save_entities(self, vms: list[VirtualMachine]) -> None:
         """Entity metadata (vCD id → names, vCenter, moref): lists per org or VDC, and keeps
         one series when a VM changes moref or vCenter."""
