@@ -210,6 +210,11 @@ def cmd_sizing(args: argparse.Namespace) -> int:
           f"measured), ~{args.vms * args.metrics * args.rf / 300:,.0f} row writes/s")
     print(f"vCD KairosDB-era formula: disk {vcd / 1e9:,.1f} GB (114 kB/metric/day), "
           f"{args.vms * args.metrics * args.rf / 10:,.0f} write IOPS")
+    from statsfeeder.rollups.schema import sizing_lines
+
+    for line in sizing_lines(args.vms, args.metrics, args.rf, args.hourly_days,
+                             args.daily_days):
+        print(line)
     return 0
 
 
@@ -344,6 +349,8 @@ def parser() -> argparse.ArgumentParser:
     sizing.add_argument("--metrics", type=int, default=10)
     sizing.add_argument("--ttl", type=int, default=14, help="retention in days")
     sizing.add_argument("--rf", type=int, default=3)
+    sizing.add_argument("--hourly-days", type=int, default=90, help="hourly roll-ups' retention")
+    sizing.add_argument("--daily-days", type=int, default=400, help="daily roll-ups' retention")
     sizing.set_defaults(handler=cmd_sizing)
     return top
 

@@ -109,3 +109,21 @@ def week_of_hour(hour: int) -> int:
 
 def month_of_day(day: int) -> int:
     return day // DAILY_BUCKET_DAYS
+
+
+HOURLY_BYTES_PER_SERIES_DAY = 0.0
+"""On-disk bytes of one series' 24 hour rows (bench/rollup_bench.py, docs/performance.md)."""
+DAILY_BYTES_PER_SERIES_DAY = 0.0
+"""On-disk bytes of one series' day row (bench/rollup_bench.py, docs/performance.md)."""
+
+
+def sizing_lines(vms: int, metrics: int, rf: int, hourly_days: int, daily_days: int
+                 ) -> list[str]:
+    """The roll-up tiers' share of ``statsfeeder sizing`` (VDC/org rows are a few per cent
+    more when tenants hold tens of VMs; not counted)."""
+    series = vms * metrics * rf
+    hourly = series * hourly_days * HOURLY_BYTES_PER_SERIES_DAY
+    daily = series * daily_days * DAILY_BYTES_PER_SERIES_DAY
+    return [f"roll-ups: hourly {hourly_days} d {hourly / 1e9:,.1f} GB "
+            f"({HOURLY_BYTES_PER_SERIES_DAY:,.0f} B/series-day), daily {daily_days} d "
+            f"{daily / 1e9:,.1f} GB ({DAILY_BYTES_PER_SERIES_DAY:,.0f} B/series-day measured)"]

@@ -40,6 +40,10 @@ a cycle asks back at most max_lookback_seconds): older hours, once scanned, stay
 VMS_AT_ONCE = 32
 
 
+class _Stopped(Exception):
+    pass
+
+
 @dataclass
 class PassReport:
     hours: int = 0
@@ -61,14 +65,20 @@ class RollupWorker:
         self.idle = idle
         self.clock = clock
         self._floor: int | None = None  # hours before it have no marks left (this process)
+        self._stopping = asyncio.Event()
 
     async def run(self, stopping: asyncio.Event, every: float = 60.0) -> None:
+        """Passes until ``stopping``; one under way stops at its next step (its marks stay,
+        so the next start redoes those hours): SIGTERM is not held up by roll-ups."""
+        self._stopping = stopping
         while not stopping.is_set():
             try:
                 report = await self.run_pass()
                 if report.vm_hours:
                     log.info("roll-ups: %d VM-hours, %d VDC/org-hours in %.1f s",
                              report.vm_hours, report.tenant_hours, report.seconds)
+            except _Stopped:
+                return
             except Exception as exc:  # the marks stay: the next pass redoes these hours
                 if self.telemetry is not None:
                     self.telemetry.rollup_errors.labels(type(exc).__name__).inc()
@@ -130,7 +140,9 @@ class RollupWorker:
 
     async def _wait_idle(self, report: PassReport) -> None:
         began = time.monotonic()
-        while not self.idle():
+        while not self.idle() or self._stopping.is_set():
+            if self._stopping.is_set():
+                raise _Stopped
             await asyncio.sleep(0.5)
         report.busy_seconds += time.monotonic() - began
 

@@ -246,3 +246,42 @@ def test_rebuild_rolls_up_raw_rows_written_without_marks(sink: CassandraSink) ->
     got = read_tenant(session, ks, "org", "org1", ["cpu.usagemhz.average"], "hourly",
                       DAY - H, DAY + 3 * H)["cpu.usagemhz.average"]
     assert [p.agg.vms for p in got] == [1, 1, 2, 2]
+
+
+def test_an_open_hour_is_marked_once_with_its_first_placement(sink: CassandraSink) -> None:
+    """Cycles re-read the end of the last hour: while the worker cannot have taken that hour
+    yet its mark is not written again; once it may have, it is, with the first placement."""
+    ks, session = sink.config.keyspace, sink.session
+    clock = Clock(DAY + 600)
+    hook = rollups(sink, clock)
+    vm = FakeVm("urn:vcloud:vm:eeeeeeee-0001", "org1", "vdc1", "vapp1", seed=31)
+
+    def marks() -> list[tuple[str, str, int]]:
+        return [(row.vm_id, row.vdc, row.written) for row in session.execute(
+            f"SELECT vm_id, vdc, WRITETIME(vdc) AS written FROM {ks}.rollup_dirty")]
+
+    async def run() -> None:
+        await hook.mark("cassandra", series_for([vm], DAY, DAY + 300))
+        first = marks()
+        await hook.mark("kairosdb", series_for([vm], DAY + 300, DAY + 600))  # not Cassandra's
+        vm.vdc = "vdc2"
+        await hook.mark("cassandra", series_for([vm], DAY + 300, DAY + 600))
+        assert marks() == first and first[0][:2] == (vm.vm, "vdc1")
+        clock.now = DAY + H + 1  # settle 0: the worker may have taken hour 0 now
+        await hook.mark("cassandra", series_for([vm], DAY + 600, DAY + 900))
+        [(_, vdc, written)] = marks()
+        assert vdc == "vdc1" and written > first[0][2]
+        # While a collection cycle runs the worker waits; told to stop, it stops at once
+        # and leaves the mark for the next start.
+        clock.now = DAY + 2 * H
+        stopping = asyncio.Event()
+        task = asyncio.create_task(hook.worker(idle=lambda: False).run(stopping))
+        await asyncio.sleep(1.5)
+        assert not task.done() and read_vm(session, ks, vm.vm, METRICS, "hourly", DAY,
+                                           DAY + H) == []
+        stopping.set()
+        await asyncio.wait_for(task, 2)
+        assert len(marks()) == 1
+
+    asyncio.run(run())
+    hook.close()
