@@ -111,9 +111,9 @@ def month_of_day(day: int) -> int:
     return day // DAILY_BUCKET_DAYS
 
 
-HOURLY_BYTES_PER_SERIES_DAY = 0.0
+HOURLY_BYTES_PER_SERIES_DAY = 807.0
 """On-disk bytes of one series' 24 hour rows (bench/rollup_bench.py, docs/performance.md)."""
-DAILY_BYTES_PER_SERIES_DAY = 0.0
+DAILY_BYTES_PER_SERIES_DAY = 34.0
 """On-disk bytes of one series' day row (bench/rollup_bench.py, docs/performance.md)."""
 
 
