@@ -97,6 +97,7 @@ class RollupWorker:
         metrics = await self.store.run(f"SELECT metric FROM {self.store.keyspace}.metrics",
                                        then=lambda rows: sorted(r.metric for r in rows))
         for hour in range(first, last + 1):
+            await self._wait_idle(report)
             shards = await asyncio.gather(*(self.store.marks(hour, shard)
                                             for shard in range(DIRTY_SHARDS)))
             marks = [mark for shard in shards for mark in shard]
