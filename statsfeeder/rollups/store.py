@@ -16,7 +16,7 @@ from cassandra.query import BatchStatement, BatchType
 from statsfeeder.config import CassandraConfig
 from statsfeeder.rollups.compute import Agg, Placement, SeriesKey, TenantAgg
 from statsfeeder.rollups.fold import fold
-from statsfeeder.rollups.schema import DIRTY_SHARDS, month_of_day, table_ttls, week_of_hour
+from statsfeeder.rollups.schema import DIRTY_SHARDS, month_of_day, week_of_hour
 from statsfeeder.sinks.cassandra.writer import ROWS_PER_BATCH
 
 Mark = tuple[str, Placement, int]
@@ -43,7 +43,8 @@ class RollupStore:
         # Its own threads: the collection's blocking calls (pyvmomi, the driver) use the
         # default executor, which roll-ups must never fill.
         self._pool = ThreadPoolExecutor(config.rollups.max_in_flight, "rollups")
-        self._ttl = table_ttls(config)
+        # No USING TTL: rows take their table's default_time_to_live, as the samples do, so
+        # 'schema update --hourly-ttl/--daily-ttl' applies to running services too.
         p = session.prepare
         figures = "min, max, sum, count, last"
         tenant = ("org, vms, hours, vm_hours, min, max, sum, count, total_mean, total_peak")
@@ -55,35 +56,35 @@ class RollupStore:
                          "AND metric IN ? AND hour >= ? AND hour < ?")
         self._put_hourly = p(f"INSERT INTO {ks}.rollup_hourly (vm_id, week, metric, hour, "
                              f"instance, {figures}, org, vdc, vapp) VALUES "
-                             "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?")
+                             "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
         self._put_daily = p(f"INSERT INTO {ks}.rollup_daily (vm_id, month, metric, day, "
                             f"instance, {figures}, hours, org, vdc, vapp) VALUES "
-                            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?")
+                            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
         self._tenant_hours = p(f"SELECT metric, hour, {tenant} FROM {ks}.rollup_tenant_hourly "
                                "WHERE scope = ? AND tenant = ? AND week = ? AND metric IN ? "
                                "AND hour >= ? AND hour < ?")
         self._put_tenant_hour = p(
             f"INSERT INTO {ks}.rollup_tenant_hourly (scope, tenant, week, metric, hour, "
-            f"{tenant}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?")
+            f"{tenant}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
         self._drop_tenant_hour = p(f"DELETE FROM {ks}.rollup_tenant_hourly WHERE scope = ? "
                                    "AND tenant = ? AND week = ? AND metric = ? AND hour = ?")
         self._put_tenant_day = p(
             f"INSERT INTO {ks}.rollup_tenant_daily (scope, tenant, month, metric, day, "
-            f"{tenant}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?")
+            f"{tenant}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
         self._drop_tenant_day = p(f"DELETE FROM {ks}.rollup_tenant_daily WHERE scope = ? "
                                   "AND tenant = ? AND month = ? AND metric = ? AND day = ?")
         self._put_tenant = p(f"INSERT INTO {ks}.rollup_tenants (month, scope, tenant, org) "
-                             "VALUES (?, ?, ?, ?) USING TTL ?")
+                             "VALUES (?, ?, ?, ?)")
         self._members = p(f"SELECT vm_id FROM {ks}.rollup_members WHERE scope = ? "
                           "AND tenant = ? AND hour = ?")
         self._put_member = p(f"INSERT INTO {ks}.rollup_members (scope, tenant, hour, vm_id) "
-                             "VALUES (?, ?, ?, ?) USING TTL ?")
+                             "VALUES (?, ?, ?, ?)")
         self._drop_member = p(f"DELETE FROM {ks}.rollup_members WHERE scope = ? "
                               "AND tenant = ? AND hour = ? AND vm_id = ?")
         self._marks = p(f"SELECT vm_id, org, vdc, vapp, WRITETIME(org) AS written "
                         f"FROM {ks}.rollup_dirty WHERE hour = ? AND shard = ?")
         self._put_mark = p(f"INSERT INTO {ks}.rollup_dirty (hour, shard, vm_id, org, vdc, "
-                           "vapp) VALUES (?, ?, ?, ?, ?, ?) USING TTL ?")
+                           "vapp) VALUES (?, ?, ?, ?, ?, ?)")
         self._clear = f"DELETE FROM {ks}.rollup_dirty USING TIMESTAMP %s WHERE hour = %s " \
                       "AND shard = %s"
 
@@ -136,18 +137,18 @@ class RollupStore:
 
     async def put_hour(self, vm: str, hour: int, aggs: dict[SeriesKey, Agg],
                        where: Placement) -> None:
-        ttl, week = self._ttl["rollup_hourly"], week_of_hour(hour)
+        week = week_of_hour(hour)
         await self.write(self._put_hourly, [
             (vm, week, metric, hour * 3600_000, instance, a.min, a.max, a.sum, a.count,
-             a.last, where.org, where.vdc, where.vapp, ttl)
+             a.last, where.org, where.vdc, where.vapp)
             for (metric, instance), a in sorted(aggs.items())])
 
     async def put_day(self, vm: str, day: int, aggs: dict[SeriesKey, tuple[Agg, int]],
                       where: Placement) -> None:
-        ttl, month = self._ttl["rollup_daily"], month_of_day(day)
+        month = month_of_day(day)
         await self.write(self._put_daily, [
             (vm, month, metric, day, instance, a.min, a.max, a.sum, a.count, a.last, hours,
-             where.org, where.vdc, where.vapp, ttl)
+             where.org, where.vdc, where.vapp)
             for (metric, instance), (a, hours) in sorted(aggs.items())])
 
     # --- tenants --------------------------------------------------------------------------
@@ -157,8 +158,7 @@ class RollupStore:
     async def set_member(self, scope: str, tenant: str, hour: int, vm: str,
                          present: bool) -> None:
         if present:
-            await self.run(self._put_member, (scope, tenant, hour * 3600_000, vm,
-                                              self._ttl["rollup_members"]))
+            await self.run(self._put_member, (scope, tenant, hour * 3600_000, vm))
         else:
             await self.run(self._drop_member, (scope, tenant, hour * 3600_000, vm))
 
@@ -172,36 +172,34 @@ class RollupStore:
 
     async def put_tenant_hour(self, scope: str, tenant: str, hour: int, org: str,
                               figures: dict[str, TenantAgg | None]) -> None:
-        week, ttl = week_of_hour(hour), self._ttl["rollup_tenant_hourly"]
+        week = week_of_hour(hour)
         await asyncio.gather(*(
             self.run(self._drop_tenant_hour, (scope, tenant, week, metric, hour * 3600_000))
             if agg is None else
             self.run(self._put_tenant_hour, (scope, tenant, week, metric, hour * 3600_000,
-                                             org, *_tenant_values(agg), ttl))
+                                             org, *_tenant_values(agg)))
             for metric, agg in figures.items()))
 
     async def put_tenant_day(self, scope: str, tenant: str, day: int, org: str,
                              figures: dict[str, TenantAgg | None]) -> None:
-        month, ttl = month_of_day(day), self._ttl["rollup_tenant_daily"]
+        month = month_of_day(day)
         requests = [
             self.run(self._drop_tenant_day, (scope, tenant, month, metric, day))
             if agg is None else
             self.run(self._put_tenant_day, (scope, tenant, month, metric, day, org,
-                                            *_tenant_values(agg), ttl))
+                                            *_tenant_values(agg)))
             for metric, agg in figures.items()]
         if any(agg is not None for agg in figures.values()):
-            requests.append(self.run(self._put_tenant, (month, scope, tenant, org,
-                                                        self._ttl["rollup_tenants"])))
+            requests.append(self.run(self._put_tenant, (month, scope, tenant, org)))
         await asyncio.gather(*requests)
 
     # --- marks ----------------------------------------------------------------------------
     async def put_marks(self, marks: dict[tuple[str, int], Placement]) -> None:
         partitions: dict[tuple[int, int], list[tuple[Any, ...]]] = {}
-        ttl = self._ttl["rollup_dirty"]
         for (vm, hour), where in marks.items():
             shard = shard_of(vm)
             partitions.setdefault((hour, shard), []).append(
-                (hour * 3600_000, shard, vm, where.org, where.vdc, where.vapp, ttl))
+                (hour * 3600_000, shard, vm, where.org, where.vdc, where.vapp))
         if self._write_mark is None:
             await asyncio.gather(*(self.write(self._put_mark, rows)
                                    for rows in partitions.values()))

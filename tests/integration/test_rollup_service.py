@@ -38,7 +38,7 @@ async def test_service_marks_then_rolls_up(tmp_path: Path, vcsim_env: dict[str, 
         failed = await pipeline.run_cycle()
         assert failed.written["cassandra"] > 0 and failed.sink_failures["cassandra"] > 0
         assert pipeline.watermarks["cassandra"] == {}
-        schema.update(session, ddl)  # puts the table back
+        schema.update(session, ddl, ttl=False, replication=False)  # puts the table back
         done = await pipeline.run_cycle()
         assert done.ok and pipeline.watermarks["cassandra"]
         marked = {(row.vm_id, int(row.hour.timestamp()) // 3600)
