@@ -168,7 +168,8 @@ async def run_once(config: Config) -> int:
             print(f"statsfeeder: sink {name} missed this cycle ({why}); the next cycle "
                   "backfills it from its watermarks once it is reachable", file=sys.stderr)
             status = 1
-        if service.rollups is not None and service.health.up("cassandra"):  # cron users get roll-ups of the settled hours too
+        # cron users get roll-ups of the settled hours too
+        if service.rollups is not None and service.health.up("cassandra"):
             rolled = await service.rollups.run_pass()
             print(f"roll-ups: {rolled.vm_hours} VM-hours, {rolled.tenant_hours} VDC/org-hours")
         return status
@@ -275,7 +276,8 @@ async def run_service(config: Config, drain_seconds: float = 6.0) -> int:
         if service.rollups is not None:  # one instance rolls up: the holder of the first lease
             first = min(p.source.name for p in service.pipelines)
             background.append(asyncio.create_task(service.rollups.run(stopping, lambda: (
-                not any(busy(p.source.name) for p in service.pipelines)
+                service.health.up("cassandra")
+                and not any(busy(p.source.name) for p in service.pipelines)
                 and (keeper is None or keeper.holds(first))))))
         ready.set()
         telemetry.up.set(1)

@@ -4,6 +4,7 @@ the Cassandra sink's session (opened later than the service is built)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -48,7 +49,14 @@ class Rollups:
                             self.clock)
 
     async def run(self, stopping: asyncio.Event, idle: Callable[[], bool]) -> None:
-        await self.worker(idle).run(stopping)
+        """The service's task; ``idle`` is false while a cycle runs or Cassandra is missing
+        (the store needs its session)."""
+        while not stopping.is_set() and not idle():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), 5)
+        if not stopping.is_set():
+            worker = await asyncio.to_thread(self.worker, idle)  # prepares: off the loop
+            await worker.run(stopping)
 
     async def run_pass(self) -> PassReport:
         return await self.worker().run_pass()
