@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import yaml
 
+from peers import vcsim
 from statsfeeder.config import load_config
 from statsfeeder.ha import LeaseKeeper
 from statsfeeder.sinks.cassandra import schema
@@ -115,16 +116,31 @@ def test_keepers_share_vcenters_and_take_over_a_dead_ones_share(
     asyncio.run(scenario())
 
 
+SECOND_VCENTER = ("vcsim-ha-b", 18986)
+
+
+@pytest.fixture
+def second_vcenter() -> Iterator[dict[str, str]]:
+    """A vCenter of its own for vc-b: the same vCenter under two names would be one vCenter
+    (VM ids come from vCenter's instance UUID), and its writes would hide a gap in vc-a's."""
+    try:
+        yield vcsim.start_instance(*SECOND_VCENTER, vms=2)
+    finally:
+        vcsim.stop_instance(SECOND_VCENTER[0])
+
+
 def test_two_processes_share_vcenters_and_survive_a_sigkill(
-        tmp_path: Path, vcsim_env: dict[str, str], cassandra_env: dict[str, str]) -> None:
-    """Two vCenter names over the one vcsim, two instances: each collects one; SIGKILL the
-    holder of vc-a and the other takes it over with no gap in its stored series; no cycle slot
-    of a vCenter is ever collected by both."""
+        tmp_path: Path, vcsim_env: dict[str, str], cassandra_env: dict[str, str],
+        second_vcenter: dict[str, str]) -> None:
+    """Two vCenters, two instances: each collects one; SIGKILL the holder of vc-a and the
+    other takes it over with no gap in its stored series; no cycle slot of a vCenter is ever
+    collected by both."""
     keyspace = f"ha_{uuid.uuid4().hex[:10]}"
     path = write_config(tmp_path / "ha.yaml", vcsim_env, cassandra_env, keyspace)
     raw = yaml.safe_load(path.read_text())
     vc = raw["vcenters"][0]
-    raw["vcenters"] = [{**vc, "name": "vc-a"}, {**vc, "name": "vc-b"}]
+    raw["vcenters"] = [{**vc, "name": "vc-a"},
+                       {**vc, "name": "vc-b", "url": second_vcenter["VCSIM_URL"]}]
     raw["collection"]["interval_seconds"] = 20
     raw["ha"] = {"enabled": True, "lease_seconds": 6}
     path.write_text(yaml.safe_dump(raw))
