@@ -28,6 +28,12 @@ from statsfeeder.config import CassandraConfig
 from statsfeeder.errors import ConfigError, SinkUnavailable
 
 
+def reconnection_policy() -> ExponentialReconnectionPolicy:
+    """0.5 s doubling to 10 s, and never giving up: the driver's default of 64 attempts ran out
+    about ten minutes into an outage (the 2-hour soak), after which the service never wrote
+    to Cassandra again, though it was back, until restarted."""
+    return ExponentialReconnectionPolicy(0.5, 10, max_attempts=None)
+
 def ssl_context(config: CassandraConfig) -> ssl.SSLContext | None:
     tls = config.tls
     if not tls.enabled:
@@ -125,7 +131,7 @@ def connect(config: CassandraConfig, keyspace: str | None = None) -> tuple[Clust
         endpoint_factory=NamedEndPointFactory(names, config.port) if names else None,
         protocol_version=4, execution_profiles={EXEC_PROFILE_DEFAULT: profile},
         connect_timeout=config.connect_timeout_seconds, control_connection_timeout=
-        config.connect_timeout_seconds, reconnection_policy=ExponentialReconnectionPolicy(0.5, 10),
+        config.connect_timeout_seconds, reconnection_policy=reconnection_policy(),
     )
     try:
         session = cluster.connect(keyspace)
