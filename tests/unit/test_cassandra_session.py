@@ -13,6 +13,6 @@ def test_reconnection_never_gives_up() -> None:
     apart."""
     delays = list(itertools.islice(reconnection_policy().new_schedule(), 1000))
     assert len(delays) == 1000
-    assert delays[0] == 0.5
-    assert max(delays) == 10
+    assert 0.5 <= delays[0] <= 0.6  # the driver adds up to 15 % of jitter
+    assert max(delays) <= 10
     assert sum(delays) > 2 * 3600
