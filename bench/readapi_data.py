@@ -23,9 +23,7 @@ import numpy as np
 from statsfeeder.config import CassandraConfig
 from statsfeeder.model import Counter, EntityId, Series, VirtualMachine
 from statsfeeder.readapi.names import prometheus_name
-from statsfeeder.sinks.cassandra import schema
-from statsfeeder.sinks.cassandra.session import connect
-from statsfeeder.sinks.cassandra.sink import CassandraSink
+from tests.helpers import open_new_keyspace
 
 COUNTERS = (
     Counter("cpu.usage.average", 2, "percent"), Counter("cpu.usagemhz.average", 6, "megaHertz"),
@@ -108,16 +106,7 @@ def series_of(vms: list[BenchVm], vms_per_org: int, p: Plan
 async def write_cassandra(config: CassandraConfig, vms: list[BenchVm], vms_per_org: int,
                           p: Plan) -> tuple[int, float]:
     """Creates the keyspace and writes the fleet; returns (samples, seconds)."""
-    def prepare() -> CassandraSink:
-        cluster, session = connect(config)
-        schema.create(session, config)
-        cluster.shutdown()
-        sink = CassandraSink(config)
-        sink.open()
-        sink.record_counters(COUNTERS)
-        return sink
-
-    sink = await asyncio.to_thread(prepare)
+    sink = await asyncio.to_thread(open_new_keyspace, config, COUNTERS)
     began = time.perf_counter()
     samples = 0
     try:

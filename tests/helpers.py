@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from statsfeeder.config import CassandraConfig, CollectionConfig, VCenterConfig, parse_config
+
+if TYPE_CHECKING:
+    from statsfeeder.model import Counter
+    from statsfeeder.sinks.cassandra.sink import CassandraSink
 
 
 def vcenter_config(env: dict[str, str], name: str = "vc1", **extra: Any) -> VCenterConfig:
@@ -57,3 +61,21 @@ def metric(port: int, name: str) -> float | None:
         if line.startswith(name) and line[len(name):len(name) + 1] in (" ", "{"):
             return float(line.rsplit(" ", 1)[1])
     return None
+
+
+def open_new_keyspace(config: CassandraConfig,
+                      counters: Sequence[Counter] = ()) -> CassandraSink:
+    """The schema created in ``config.keyspace`` and a sink open on it, with ``counters``
+    recorded (what tests and benchmarks that write straight through the sink start from)."""
+    from statsfeeder.sinks.cassandra import schema
+    from statsfeeder.sinks.cassandra.session import connect
+    from statsfeeder.sinks.cassandra.sink import CassandraSink
+
+    cluster, session = connect(config)
+    schema.create(session, config)
+    cluster.shutdown()
+    sink = CassandraSink(config)
+    sink.open()
+    if counters:
+        sink.record_counters(counters)
+    return sink

@@ -18,10 +18,8 @@ from statsfeeder.config import ReadApiConfig
 from statsfeeder.model import Counter, EntityId, Series, VirtualMachine
 from statsfeeder.readapi.names import prometheus_name
 from statsfeeder.readapi.server import Authorizer, ReadApi, provider_wide
-from statsfeeder.sinks.cassandra import schema
-from statsfeeder.sinks.cassandra.session import connect
 from statsfeeder.sinks.cassandra.sink import CassandraSink
-from tests.helpers import cassandra_config, free_port
+from tests.helpers import cassandra_config, free_port, open_new_keyspace
 
 COUNTERS = (Counter("cpu.usage.average", 2, "percent"),
             Counter("cpu.usagemhz.average", 6, "megaHertz"),
@@ -110,12 +108,7 @@ class Fleet:
 def create_keyspace(cassandra_env: dict[str, str], **extra: object) -> CassandraSink:
     config = cassandra_config(cassandra_env, keyspace=f"ra_{uuid.uuid4().hex[:10]}",
                               **extra)
-    cluster, session = connect(config)
-    schema.create(session, config)
-    cluster.shutdown()
-    sink = CassandraSink(config)
-    sink.open()
-    return sink
+    return open_new_keyspace(config)
 
 
 async def store_fleet(sink: CassandraSink, fleet: Fleet) -> None:

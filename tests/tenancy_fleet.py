@@ -20,9 +20,7 @@ import numpy as np
 from statsfeeder.config import CassandraConfig, ReadApiConfig
 from statsfeeder.model import Counter, EntityId, Series, VirtualMachine
 from statsfeeder.readapi.server import ReadApi
-from statsfeeder.sinks.cassandra import schema
-from statsfeeder.sinks.cassandra.session import connect
-from statsfeeder.sinks.cassandra.sink import CassandraSink
+from tests.helpers import open_new_keyspace
 
 CPU = Counter("cpu.usage.average", 2, "percent")
 MHZ = Counter("cpu.usagemhz.average", 6, "megaHertz")
@@ -75,16 +73,7 @@ async def write_fleet(config: CassandraConfig, vms: list[FleetVm], now: int | No
     now = now or int(time.time())
     end = now - now % 20
     stamps = np.arange(end - HOURS * 3600 + 20, end + 1, 20, dtype=np.int64)
-    def prepare() -> CassandraSink:
-        cluster, session = connect(config)
-        schema.create(session, config)
-        cluster.shutdown()
-        sink = CassandraSink(config)
-        sink.open()
-        sink.record_counters(COUNTERS)
-        return sink
-
-    sink = await asyncio.to_thread(prepare)
+    sink = await asyncio.to_thread(open_new_keyspace, config, COUNTERS)
     try:
         series = []
         for index, vm in enumerate(vms):

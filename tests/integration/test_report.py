@@ -16,11 +16,9 @@ from statsfeeder.errors import ConfigError
 from statsfeeder.rollups.hook import Rollups
 from statsfeeder.rollups.rawreport import build_from_raw
 from statsfeeder.rollups.report import build, parse_period, split_period
-from statsfeeder.sinks.cassandra import schema
-from statsfeeder.sinks.cassandra.session import connect
 from statsfeeder.sinks.cassandra.sink import CassandraSink
 from statsfeeder.telemetry import Telemetry
-from tests.helpers import cassandra_config
+from tests.helpers import cassandra_config, open_new_keyspace
 from tests.rollup_data import COUNTERS, FakeVm, series_for
 
 pytestmark = pytest.mark.cassandra_matrix
@@ -40,12 +38,7 @@ START, END = DAY - 3 * H, DAY + 26 * H  # 21:00 the day before to 02:00 the day 
 def stored(cassandra_env: dict[str, str]) -> Iterator[tuple[CassandraSink, dict[str, str]]]:
     config = cassandra_config(cassandra_env, keyspace=f"t_{uuid.uuid4().hex[:12]}",
                               ttl_days=2, rollups={"settle_seconds": 0})
-    cluster, session = connect(config)
-    schema.create(session, config)
-    cluster.shutdown()
-    sink = CassandraSink(config)
-    sink.open()
-    sink.record_counters(COUNTERS)
+    sink = open_new_keyspace(config, COUNTERS)
     asyncio.run(_fill(sink))
     yield sink, cassandra_env
     sink.session.execute(f"DROP KEYSPACE IF EXISTS {config.keyspace}")

@@ -16,12 +16,10 @@ from statsfeeder.rollups.compute import Placement
 from statsfeeder.rollups.hook import Rollups
 from statsfeeder.rollups.reader import read_tenant, read_vm
 from statsfeeder.rollups.worker import PassReport
-from statsfeeder.sinks.cassandra import schema
 from statsfeeder.sinks.cassandra.reader import read_series
-from statsfeeder.sinks.cassandra.session import connect
 from statsfeeder.sinks.cassandra.sink import CassandraSink
 from statsfeeder.telemetry import Telemetry
-from tests.helpers import cassandra_config
+from tests.helpers import cassandra_config, open_new_keyspace
 from tests.rollup_data import COUNTERS, METRICS, FakeVm, series_for
 
 pytestmark = pytest.mark.cassandra_matrix
@@ -34,12 +32,7 @@ H = 3600
 def sink(cassandra_env: dict[str, str]) -> Iterator[CassandraSink]:
     config = cassandra_config(cassandra_env, keyspace=f"t_{uuid.uuid4().hex[:12]}",
                               ttl_days=2, rollups={"settle_seconds": 0})
-    cluster, session = connect(config)
-    schema.create(session, config)
-    cluster.shutdown()
-    sink = CassandraSink(config)
-    sink.open()
-    sink.record_counters(COUNTERS)
+    sink = open_new_keyspace(config, COUNTERS)
     yield sink
     sink.session.execute(f"DROP KEYSPACE IF EXISTS {config.keyspace}")
     sink.close()
