@@ -83,13 +83,20 @@ def _one_line(exc: ValidationError, prefix: str = "") -> str:
     return f"config: {where}: {message}{_shown(where, error.get('input'))}{more}"
 
 
-def parse_config(raw: Any, environ: dict[str, str] | None = None) -> Config:
+def _sections(raw: Any, environ: dict[str, str] | None
+              ) -> tuple[dict[str, Any], dict[str, str]]:
+    """The file's top-level mapping with the ``STATSFEEDER_*`` overrides applied, and the
+    environment that secrets are read from."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError("config: the top level must be a mapping of sections")
     environ = dict(os.environ if environ is None else environ)
-    raw = _apply_env(raw, environ)
+    return _apply_env(raw, environ), environ
+
+
+def parse_config(raw: Any, environ: dict[str, str] | None = None) -> Config:
+    raw, environ = _sections(raw, environ)
     try:
         return Config.model_validate(raw, context={"environ": environ})
     except ValidationError as exc:
@@ -104,13 +111,7 @@ def load_read_config(path: Path, environ: dict[str, str] | None = None
                      ) -> tuple[CassandraConfig, ReadApiConfig]:
     """The cassandra and read_api sections alone (``statsfeeder serve``): a read replica
     needs no vCenter credentials."""
-    raw = _read_yaml(path)
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError("config: the top level must be a mapping of sections")
-    environ = dict(os.environ if environ is None else environ)
-    raw = _apply_env(raw, environ)
+    raw, environ = _sections(_read_yaml(path), environ)
     cassandra = parse_cassandra(raw.get("cassandra") or {}, environ)
     try:
         read_api = ReadApiConfig.model_validate(raw.get("read_api") or {},
