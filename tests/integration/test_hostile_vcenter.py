@@ -296,20 +296,24 @@ def real_vcenter_answers(tally: dict[str, int]) -> Callable[[bytes], bytes]:
     return answer
 
 
+async def one_cycle(source: VCenterSource) -> list[Any]:
+    """Every chunk of one whole-window collection from a fresh login."""
+    await source.start()
+    try:
+        now = await source.vcenter_now()
+        return [c async for c in source.collect(source.plan({}, now))]
+    finally:
+        source.client.close()
+
+
 async def test_expected_counts_every_series_vcenter_returns(vcsim_env: dict[str, str]) -> None:
     metrics = [{"name": "cpu.usage.average", "per_instance": True}, "mem.usage.average"]
     tally = {"slots": 0, "gaps": 0}
     with HostileVCenter(vcsim_env) as double:
         double.queryperf_mode = "script"
         double.script = real_vcenter_answers(tally)
-        source = VCenterSource(vcenter_config(double.env(vcsim_env), "real"),
-                               collection_config(metrics=metrics))
-        await source.start()
-        try:
-            now = await source.vcenter_now()
-            results = [c async for c in source.collect(source.plan({}, now))]
-        finally:
-            source.client.close()
+        results = await one_cycle(VCenterSource(vcenter_config(double.env(vcsim_env), "real"),
+                                                collection_config(metrics=metrics)))
     assert all(r.error is None for r in results)
     expected = sum(r.batch.expected_samples for r in results)
     collected = sum(r.batch.samples for r in results)
@@ -320,13 +324,8 @@ async def test_expected_counts_every_series_vcenter_returns(vcsim_env: dict[str,
 async def test_expected_matches_vcsim_which_echoes_the_wildcard(
         vcsim_env: dict[str, str]) -> None:
     metrics = [{"name": "cpu.usage.average", "per_instance": True}, "mem.usage.average"]
-    source = VCenterSource(vcenter_config(vcsim_env, "echo"), collection_config(metrics=metrics))
-    await source.start()
-    try:
-        now = await source.vcenter_now()
-        results = [c async for c in source.collect(source.plan({}, now))]
-    finally:
-        source.client.close()
+    results = await one_cycle(VCenterSource(vcenter_config(vcsim_env, "echo"),
+                                            collection_config(metrics=metrics)))
     assert all(r.error is None for r in results)
     # vcsim has every slot, the newest too, and answers '*' with the aggregate only
     collected = sum(r.batch.samples for r in results)

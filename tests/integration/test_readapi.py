@@ -179,20 +179,27 @@ def test_a_scope_hides_other_orgs_in_every_answer(sink: CassandraSink) -> None:
         assert {s["vm"] for s in series} == ACME_VMS
 
 
-def test_statsfeeder_serve_runs_until_sigterm(sink: CassandraSink, tmp_path: Path,
-                                              cassandra_env: dict[str, str]) -> None:
-    port = free_port()
-    config = tmp_path / "serve.yaml"
-    config.write_text(yaml.safe_dump({
-        # No vcenters section: a read replica needs no vCenter credentials.
+def write_serve_config(path: Path, cassandra_env: dict[str, str], keyspace: str,
+                       read_api: dict[str, object]) -> None:
+    """A ``statsfeeder serve`` config: no vcenters section, since a read replica needs no
+    vCenter credentials."""
+    path.write_text(yaml.safe_dump({
         "cassandra": {"hosts": cassandra_env["CASSANDRA_HOSTS"].split(","),
                       "port": int(cassandra_env["CASSANDRA_PORT"]),
                       "credentials": {"username": cassandra_env["CASSANDRA_USERNAME"],
                                       "password_env": "CASSANDRA_PASSWORD"},
                       "tls": {"ca_file": cassandra_env["CASSANDRA_CA_FILE"]},
-                      "keyspace": sink.config.keyspace, "consistency": "ONE"},
-        "read_api": {"listen": f"127.0.0.1:{port}", "tokens": [
-            {"name": "ops", "token_env": "SERVE_TOKEN", "provider": True}]}}))
+                      "keyspace": keyspace, "consistency": "ONE"},
+        "read_api": read_api}))
+
+
+def test_statsfeeder_serve_runs_until_sigterm(sink: CassandraSink, tmp_path: Path,
+                                              cassandra_env: dict[str, str]) -> None:
+    port = free_port()
+    config = tmp_path / "serve.yaml"
+    write_serve_config(config, cassandra_env, sink.config.keyspace, {
+        "listen": f"127.0.0.1:{port}",
+        "tokens": [{"name": "ops", "token_env": "SERVE_TOKEN", "provider": True}]})
     token = "serve-token-0123456789abcdef"
     env = {"CASSANDRA_PASSWORD": cassandra_env["CASSANDRA_PASSWORD"], "SERVE_TOKEN": token,
            "PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root")}
@@ -293,14 +300,8 @@ async def test_reads_in_vm_batches_keep_every_vm_apart(cassandra_env: dict[str, 
 def test_serve_without_go_or_a_built_engine_says_so_in_one_line(
         sink: CassandraSink, tmp_path: Path, cassandra_env: dict[str, str]) -> None:
     config = tmp_path / "serve.yaml"
-    config.write_text(yaml.safe_dump({
-        "cassandra": {"hosts": cassandra_env["CASSANDRA_HOSTS"].split(","),
-                      "port": int(cassandra_env["CASSANDRA_PORT"]),
-                      "credentials": {"username": cassandra_env["CASSANDRA_USERNAME"],
-                                      "password_env": "CASSANDRA_PASSWORD"},
-                      "tls": {"ca_file": cassandra_env["CASSANDRA_CA_FILE"]},
-                      "keyspace": sink.config.keyspace, "consistency": "ONE"},
-        "read_api": {"listen": f"127.0.0.1:{free_port()}", "anonymous": True}}))
+    write_serve_config(config, cassandra_env, sink.config.keyspace,
+                       {"listen": f"127.0.0.1:{free_port()}", "anonymous": True})
     # An empty cache (no engine built) and no Go on PATH.
     env = {"CASSANDRA_PASSWORD": cassandra_env["CASSANDRA_PASSWORD"], "PATH": "",
            "XDG_CACHE_HOME": str(tmp_path / "cache"), "HOME": str(tmp_path)}
