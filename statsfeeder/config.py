@@ -306,7 +306,7 @@ class Config(Strict):
         return value
 
     @model_validator(mode="after")
-    def _leases_need_cassandra(self) -> Config:
+    def _a_sink_and_the_leases_store(self) -> Config:
         if not self.cassandra.enabled and not self.kairosdb.enabled:
             raise ValueError("no sink enabled: set cassandra.enabled or kairosdb.enabled "
                              "to true")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from statsfeeder.config import Config
-from statsfeeder.errors import ConfigError, StatsfeederError
+from statsfeeder.errors import StatsfeederError
 
 log = logging.getLogger("statsfeeder")
 
@@ -115,9 +115,6 @@ def build_service(config: Config) -> Service:
         from statsfeeder.sinks.kairosdb.sink import KairosDBSink
 
         sinks.append(KairosDBSink(config.kairosdb))
-    if not sinks:
-        raise ConfigError("config: no sink enabled (cassandra.enabled and kairosdb.enabled "
-                          "are both false)")
     service = Service(telemetry, [], sinks, store, vcd)
     service.health = SinkHealth(sinks, telemetry, max_backoff=config.collection.interval_seconds,
                                 required=["cassandra"] if config.ha.enabled else [],
