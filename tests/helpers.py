@@ -79,3 +79,16 @@ def open_new_keyspace(config: CassandraConfig,
     if counters:
         sink.record_counters(counters)
     return sink
+
+
+def drop_keyspace(session: Any, keyspace: str) -> None:
+    """Clean-up after a test. Schema changes wait for every node to agree, and a node that a
+    test has just restarted can take longer than a request's timeout to answer: retry."""
+    for attempt in range(5):
+        try:
+            session.execute(f"DROP KEYSPACE IF EXISTS {keyspace}", timeout=60)
+            return
+        except Exception:
+            if attempt == 4:
+                raise
+            time.sleep(3)

@@ -23,6 +23,7 @@ import yaml
 from statsfeeder.config import Config
 from statsfeeder.sinks.cassandra.reader import read_series
 from statsfeeder.sinks.cassandra.session import connect
+from tests.helpers import drop_keyspace
 from tests.integration.test_pipeline import write_config
 
 Env = dict[str, str]
@@ -54,19 +55,19 @@ def cli_env(vcsim_env: Env, cassandra_env: Env) -> Env:
             "CASSANDRA_PASSWORD": cassandra_env["CASSANDRA_PASSWORD"], "PATH": os.environ["PATH"]}
 
 
-def drop_keyspace(config: Config) -> None:
-    """Clean-up right after a node restart: its first requests may time out."""
+def drop_config_keyspace(config: Config) -> None:
+    """Clean-up right after a node restart: connecting may fail a few times first."""
     for _ in range(10):
         try:
             cluster, session = connect(config.cassandra)
-            try:
-                session.execute(f"DROP KEYSPACE IF EXISTS {config.cassandra.keyspace}",
-                                timeout=30)
-                return
-            finally:
-                cluster.shutdown()
         except Exception:  # the node is still starting: try again
             time.sleep(2)
+            continue
+        try:
+            drop_keyspace(session, config.cassandra.keyspace)
+            return
+        finally:
+            cluster.shutdown()
 
 
 def create_schema(path: Path, env: Env) -> None:

@@ -15,7 +15,7 @@ from statsfeeder.sinks.cassandra import schema
 from statsfeeder.sinks.cassandra.reader import read_series
 from statsfeeder.sinks.cassandra.session import connect
 from statsfeeder.sinks.cassandra.sink import CassandraSink
-from tests.helpers import cassandra_config
+from tests.helpers import cassandra_config, drop_keyspace
 
 pytestmark = pytest.mark.cluster
 
@@ -77,5 +77,5 @@ async def test_node_down_during_sustained_writes_loses_and_doubles_nothing(
         assert stored == written
     finally:
         await asyncio.to_thread(cassandra_peer.start_node, STOPPED, version=version)
-        sink.session.execute(f"DROP KEYSPACE IF EXISTS {keyspace}")
+        await asyncio.to_thread(drop_keyspace, sink.session, keyspace)
         sink.close()

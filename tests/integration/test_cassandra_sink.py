@@ -19,7 +19,7 @@ from statsfeeder.sinks.cassandra import schema
 from statsfeeder.sinks.cassandra.reader import read_series
 from statsfeeder.sinks.cassandra.session import connect
 from statsfeeder.sinks.cassandra.sink import CassandraSink
-from tests.helpers import cassandra_config
+from tests.helpers import cassandra_config, drop_keyspace
 
 pytestmark = pytest.mark.cassandra_matrix
 
@@ -55,7 +55,7 @@ def sink(cassandra_env: dict[str, str]):
     sink = CassandraSink(config)
     sink.open()
     yield sink
-    sink.session.execute(f"DROP KEYSPACE IF EXISTS {config.keyspace}")
+    drop_keyspace(sink.session, config.keyspace)
     sink.close()
 
 
@@ -225,7 +225,7 @@ def test_schema_update_never_lowers_replication_unasked(cassandra_env: dict[str,
         assert replication_of(cassandra_env, ks) == {"replication_factor": "2"}
     finally:
         cluster, session = connect(cassandra_config(cassandra_env))
-        session.execute(f"DROP KEYSPACE IF EXISTS {ks}")
+        drop_keyspace(session, ks)
         cluster.shutdown()
 
 
@@ -248,7 +248,7 @@ async def test_writes_follow_the_tables_retention_and_a_mismatch_is_said(
         [row] = sink.session.execute(f"SELECT ttl(data) AS ttl FROM {ks}.samples")
         assert 7 * 86400 - 120 < row.ttl <= 7 * 86400  # the table's, not the config's 2 days
     finally:
-        sink.session.execute(f"DROP KEYSPACE IF EXISTS {ks}")
+        drop_keyspace(sink.session, ks)
         sink.close()
 
 

@@ -24,7 +24,7 @@ from peers import podman, prometheus
 from peers.common import REPO, PeerError
 from statsfeeder import __version__
 from statsfeeder.sinks.cassandra.session import connect
-from tests.helpers import cassandra_config, free_port, metric, wait_for
+from tests.helpers import cassandra_config, drop_keyspace, free_port, metric, wait_for
 from tests.integration.containers import (
     CONFIG,
     SUCCESS,
@@ -86,7 +86,7 @@ def deployment(image: str, cassandra_env: dict[str, str], vcsim_env: dict[str, s
     try:  # best effort: other tests may have Cassandra down for an outage right now
         cluster, session = connect(cassandra_config(cassandra_env))
         try:
-            session.execute(f"DROP KEYSPACE IF EXISTS {deployment.keyspace}")
+            drop_keyspace(session, deployment.keyspace)
             for role in (deployment.schema_role, deployment.service_role):
                 session.execute(f"DROP ROLE IF EXISTS {role}")
         finally:

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from peers.common import ensure_certs
-from tests.helpers import cassandra_config
+from tests.helpers import cassandra_config, drop_keyspace
 from tests.tenancy_fleet import ApiThread, fleet, write_fleet
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -147,7 +147,7 @@ def api(cassandra_env: dict[str, str]) -> Iterator[tuple[str, int, list[Any]]]:
         from statsfeeder.sinks.cassandra.session import connect
 
         cluster, session = connect(config)
-        session.execute(f"DROP KEYSPACE IF EXISTS {config.keyspace}")
+        drop_keyspace(session, config.keyspace)
         cluster.shutdown()
 
 

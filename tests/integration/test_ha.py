@@ -29,7 +29,7 @@ from statsfeeder.sinks.cassandra import schema
 from statsfeeder.sinks.cassandra.leases import LeaseStore
 from statsfeeder.sinks.cassandra.reader import read_series
 from statsfeeder.sinks.cassandra.session import connect
-from tests.helpers import cassandra_config, free_port, metric, wait_for
+from tests.helpers import cassandra_config, drop_keyspace, free_port, metric, wait_for
 from tests.integration.test_pipeline import write_config
 
 pytestmark = pytest.mark.cassandra_matrix
@@ -41,7 +41,7 @@ def session_and_keyspace(cassandra_env: dict[str, str]) -> Iterator[tuple[Any, s
     cluster, session = connect(config)
     schema.create(session, config)
     yield session, config.keyspace
-    session.execute(f"DROP KEYSPACE IF EXISTS {config.keyspace}")
+    drop_keyspace(session, config.keyspace)
     cluster.shutdown()
 
 
@@ -215,5 +215,5 @@ def test_two_processes_share_vcenters_and_survive_a_sigkill(
             if process.poll() is None:
                 process.kill()
         cluster, session = connect(load_config(path, environ=env).cassandra)
-        session.execute(f"DROP KEYSPACE IF EXISTS {keyspace}")
+        drop_keyspace(session, keyspace)
         cluster.shutdown()

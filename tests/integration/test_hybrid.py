@@ -19,7 +19,7 @@ from statsfeeder.config import load_config
 from statsfeeder.service import build_service as _build
 from statsfeeder.sinks.cassandra import schema
 from statsfeeder.sinks.cassandra.session import connect
-from tests.helpers import free_port, metric, wait_for
+from tests.helpers import drop_keyspace, free_port, metric, wait_for
 from tests.integration.hybrid_support import (
     SINK_UP,
     STATSFEEDER,
@@ -29,7 +29,7 @@ from tests.integration.hybrid_support import (
     cli_env,
     compare_stores,
     create_schema,
-    drop_keyspace,
+    drop_config_keyspace,
     hybrid_config,
     readyz,
     stop_service,
@@ -101,7 +101,7 @@ async def test_kairosdb_outage_neither_stalls_cassandra_nor_loses_its_own_data(
         await asyncio.to_thread(service.close)
         common.stop(NAME)
         cluster, session = connect(config.cassandra)
-        session.execute(f"DROP KEYSPACE IF EXISTS {keyspace}")
+        drop_keyspace(session, keyspace)
         cluster.shutdown()
 
 
@@ -185,7 +185,7 @@ def test_kairosdb_down_at_start_once_and_run_collect_into_cassandra_and_backfill
             assert service.stdout is not None
             print(service.stdout.read()[-6000:])  # what the service said, for the failure
         common.stop(LATE_KAIROSDB)
-        drop_keyspace(config)
+        drop_config_keyspace(config)
 
 
 EARLY_KAIROSDB = "kairosdb-hybrid-early"
@@ -254,4 +254,4 @@ def test_cassandra_down_at_start_run_collects_into_kairosdb_and_backfills_cassan
             assert service.stdout is not None
             print(service.stdout.read()[-6000:])  # what the service said, for the failure
         common.stop(EARLY_KAIROSDB)
-        drop_keyspace(config)
+        drop_config_keyspace(config)

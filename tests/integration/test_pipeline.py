@@ -23,6 +23,7 @@ from statsfeeder.sinks.cassandra.sink import CassandraSink
 from statsfeeder.sources.vcenter.source import VCenterSource
 from statsfeeder.telemetry import Telemetry
 from statsfeeder.transforms.retag import Retagger
+from tests.helpers import drop_keyspace
 
 METRICS = ["cpu.usage.average", "mem.usage.average", "net.received.average"]
 
@@ -134,12 +135,7 @@ async def test_sink_outage_is_backfilled_from_the_watermarks(
     finally:
         await asyncio.to_thread(cassandra_peer.start_node, 0, version=short, nodes=1)
         source.client.close()
-        for _ in range(10):
-            try:
-                sink.session.execute(f"DROP KEYSPACE IF EXISTS {keyspace}")
-                break
-            except Exception:
-                await asyncio.sleep(2)
+        await asyncio.to_thread(drop_keyspace, sink.session, keyspace)
         sink.close()
 
 

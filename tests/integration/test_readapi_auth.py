@@ -23,7 +23,7 @@ from statsfeeder.config import CassandraConfig
 from statsfeeder.errors import ConfigError
 from statsfeeder.readapi.access_config import parse_access
 from statsfeeder.readapi.auth import server_context
-from tests.helpers import cassandra_config
+from tests.helpers import cassandra_config, drop_keyspace
 from tests.tenancy_fleet import ApiThread, fleet, write_fleet
 from tests.vcd_double import VcdDouble
 
@@ -61,7 +61,7 @@ def keyspace(cassandra_env: dict[str, str]) -> Iterator[CassandraConfig]:
     from statsfeeder.sinks.cassandra.session import connect
 
     cluster, session = connect(config)
-    session.execute(f"DROP KEYSPACE IF EXISTS {config.keyspace}")
+    drop_keyspace(session, config.keyspace)
     cluster.shutdown()
 
 

@@ -18,7 +18,7 @@ import httpx
 import yaml
 
 from statsfeeder.sources.vcenter.source import VCenterSource
-from tests.helpers import collection_config, vcenter_config
+from tests.helpers import collection_config, drop_keyspace, vcenter_config
 from tests.integration.test_pipeline import METRICS, write_config
 from tests.readapi_fleet import free_port
 
@@ -95,7 +95,7 @@ def test_an_instant_query_just_before_the_next_cycle_sees_every_powered_on_vm(
         from statsfeeder.sinks.cassandra.session import connect
 
         cluster, session = connect(load_config(path, environ=env).cassandra)
-        session.execute(f"DROP KEYSPACE IF EXISTS {keyspace}")
+        drop_keyspace(session, keyspace)
         cluster.shutdown()
 
 
@@ -138,7 +138,7 @@ def test_run_collects_on_while_the_read_api_cannot_start(
         from statsfeeder.sinks.cassandra.session import connect
 
         cluster, session = connect(load_config(path, environ=env).cassandra)
-        session.execute(f"DROP KEYSPACE IF EXISTS {keyspace}")
+        drop_keyspace(session, keyspace)
         cluster.shutdown()
     assert "read API not serving: read_api: the PromQL engine is built with Go, and 'go' is " \
            "not on PATH" in errors

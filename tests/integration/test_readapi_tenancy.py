@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from peers.common import ensure_certs
-from tests.helpers import cassandra_config
+from tests.helpers import cassandra_config, drop_keyspace
 from tests.tenancy_fleet import ApiThread, FleetVm, fleet, write_fleet
 from tests.vcd_double import VcdDouble
 
@@ -106,7 +106,7 @@ def reader(cassandra_env: dict[str, str]) -> Iterator[Reader]:
         from statsfeeder.sinks.cassandra.session import connect
 
         cluster, session = connect(config)
-        session.execute(f"DROP KEYSPACE IF EXISTS {config.keyspace}")
+        drop_keyspace(session, config.keyspace)
         cluster.shutdown()
 
 

@@ -18,7 +18,7 @@ from statsfeeder.rollups.rawreport import build_from_raw
 from statsfeeder.rollups.report import build, parse_period, split_period
 from statsfeeder.sinks.cassandra.sink import CassandraSink
 from statsfeeder.telemetry import Telemetry
-from tests.helpers import cassandra_config, open_new_keyspace
+from tests.helpers import cassandra_config, drop_keyspace, open_new_keyspace
 from tests.rollup_data import COUNTERS, FakeVm, series_for
 
 pytestmark = pytest.mark.cassandra_matrix
@@ -41,7 +41,7 @@ def stored(cassandra_env: dict[str, str]) -> Iterator[tuple[CassandraSink, dict[
     sink = open_new_keyspace(config, COUNTERS)
     asyncio.run(_fill(sink))
     yield sink, cassandra_env
-    sink.session.execute(f"DROP KEYSPACE IF EXISTS {config.keyspace}")
+    drop_keyspace(sink.session, config.keyspace)
     sink.close()
 
 

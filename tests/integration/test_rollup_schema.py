@@ -11,7 +11,7 @@ from statsfeeder.errors import SchemaMismatch
 from statsfeeder.rollups.schema import EXPECTED_COLUMNS
 from statsfeeder.sinks.cassandra import schema
 from statsfeeder.sinks.cassandra.session import connect
-from tests.helpers import cassandra_config
+from tests.helpers import cassandra_config, drop_keyspace
 from tests.integration.test_cassandra_sink import cli
 
 pytestmark = pytest.mark.cassandra_matrix
@@ -50,5 +50,5 @@ def test_schema_create_update_show_roll_up_tables(cassandra_env: dict[str, str])
         shown = cli("schema", "show", "--keyspace", ks, env=cassandra_env)
         assert "rollup_tenant_hourly TTL: 30 days" in shown.stdout
     finally:
-        session.execute(f"DROP KEYSPACE IF EXISTS {ks}")
+        drop_keyspace(session, ks)
         cluster.shutdown()

@@ -15,6 +15,7 @@ from statsfeeder.service import build_service
 from statsfeeder.sinks.cassandra import schema
 from statsfeeder.sinks.cassandra.reader import read_series
 from statsfeeder.sinks.cassandra.session import connect
+from tests.helpers import drop_keyspace
 from tests.integration.test_pipeline import METRICS, write_config
 
 
@@ -64,6 +65,6 @@ async def test_service_marks_then_rolls_up(tmp_path: Path, vcsim_env: dict[str, 
                     values.min(), values.max(), values.sum(), values.size, values[-1])
         assert list(session.execute(f"SELECT vm_id FROM {keyspace}.rollup_dirty")) == []
     finally:
-        session.execute(f"DROP KEYSPACE IF EXISTS {keyspace}")
+        drop_keyspace(session, keyspace)
         cluster.shutdown()
         service.close()

@@ -19,7 +19,7 @@ from statsfeeder.rollups.worker import PassReport
 from statsfeeder.sinks.cassandra.reader import read_series
 from statsfeeder.sinks.cassandra.sink import CassandraSink
 from statsfeeder.telemetry import Telemetry
-from tests.helpers import cassandra_config, open_new_keyspace
+from tests.helpers import cassandra_config, drop_keyspace, open_new_keyspace
 from tests.rollup_data import COUNTERS, METRICS, FakeVm, series_for
 
 pytestmark = pytest.mark.cassandra_matrix
@@ -34,7 +34,7 @@ def sink(cassandra_env: dict[str, str]) -> Iterator[CassandraSink]:
                               ttl_days=2, rollups={"settle_seconds": 0})
     sink = open_new_keyspace(config, COUNTERS)
     yield sink
-    sink.session.execute(f"DROP KEYSPACE IF EXISTS {config.keyspace}")
+    drop_keyspace(sink.session, config.keyspace)
     sink.close()
 
 

@@ -18,7 +18,7 @@ from peers import vcsim
 from statsfeeder.config import load_config
 from statsfeeder.sinks.cassandra.reader import read_series
 from statsfeeder.sinks.cassandra.session import connect
-from tests.helpers import free_port, metric, wait_for
+from tests.helpers import drop_keyspace, free_port, metric, wait_for
 from tests.integration.test_pipeline import write_config
 
 
@@ -83,5 +83,5 @@ def test_sigkill_mid_cycle_loses_nothing_and_sigterm_exits_cleanly(
             service.kill()
         vcsim.stop_instance("vcsim-service")
         cluster, session = connect(load_config(path, environ=env).cassandra)
-        session.execute(f"DROP KEYSPACE IF EXISTS {keyspace}")
+        drop_keyspace(session, keyspace)
         cluster.shutdown()

@@ -20,7 +20,7 @@ from statsfeeder.sinks.cassandra.sink import CassandraSink
 from statsfeeder.sources.vcenter.source import VCenterSource
 from statsfeeder.telemetry import Telemetry
 from statsfeeder.transforms.retag import Retagger, StaticMapResolver
-from tests.helpers import cassandra_config, collection_config, vcenter_config
+from tests.helpers import cassandra_config, collection_config, drop_keyspace, vcenter_config
 
 Env = dict[str, str]
 TRACED = ("vcsim-skip-trace", 18971)
@@ -92,5 +92,5 @@ async def test_skipped_vms_are_never_queried(traced_env: Env, cassandra_env: Env
     finally:
         source.client.close()
         sink.close()
-        session.execute(f"DROP KEYSPACE IF EXISTS {keyspace}")
+        drop_keyspace(session, keyspace)
         cluster.shutdown()

@@ -17,6 +17,7 @@ import yaml
 from statsfeeder.config import load_config
 from statsfeeder.sinks.cassandra import schema
 from statsfeeder.sinks.cassandra.session import connect
+from tests.helpers import drop_keyspace
 from tests.integration.test_pipeline import write_config
 from tests.vcd_double import VcdDouble
 
@@ -31,7 +32,7 @@ def config_file(tmp_path: Path, vcsim_env: Env, cassandra_env: Env) -> Iterator[
     cluster, session = connect(config.cassandra)
     schema.create(session, config.cassandra)
     yield path
-    session.execute(f"DROP KEYSPACE IF EXISTS {keyspace}")
+    drop_keyspace(session, keyspace)
     cluster.shutdown()
 
 
