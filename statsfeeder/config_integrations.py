@@ -93,7 +93,7 @@ class VcdConfig(Strict):
     (explicit overrides), ``api`` (the vCD query service), ``name_heuristic``."""
 
     class Api(Strict):
-        """The vCD query service, read as system administrator (``transforms/vcd.py``)."""
+        """The vCD query service, read as system administrator (``transforms/vcd/``)."""
 
         url: Annotated[str, Field(pattern=r"^https://[^/\s]+(/api|/cloudapi)?/?$"), PlainURL]
         """Base URL of the vCD cells (load balancer), e.g. ``https://vcd.example``."""
