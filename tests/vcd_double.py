@@ -41,35 +41,25 @@ filters other than equality, metadata, the legacy ``/api/sessions`` login.
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import json
 import math
 import secrets
 import socket
 import ssl
 import threading
 import uuid as uuidlib
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any, Literal
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import urlencode
 
 from peers.common import ensure_certs
+from tests.vcd_double_wire import RECORD_ELEMENT, basic_auth, handler_for, record_text, vcd_error
 
-VCLOUD_NS = "http://www.vmware.com/vcloud/v1.5"
-SUPPORTED_VERSIONS = ("33.0", "34.0", "35.0", "36.0", "37.0", "37.1", "37.2", "38.0", "38.1",
-                      "39.0")
 MAX_PAGE_SIZE = 128
 DEFAULT_PAGE_SIZE = 25
 DownMode = Literal["503", "refuse", "stall"]
 
-RECORD_ELEMENT = {"adminVM": "AdminVMRecord", "virtualCenter": "VirtualCenterRecord",
-                  "organization": "OrgRecord"}
-JSON_TYPE = {"adminVM": "QueryResultAdminVMRecordType",
-             "virtualCenter": "QueryResultVirtualCenterRecordType",
-             "organization": "QueryResultOrgRecordType"}
 FIELDS = {
     "adminVM": ("name", "moref", "vc", "container", "containerName", "vdc", "vdcName", "org",
                 "isVAppTemplate", "isDeleted", "status", "vmNameInVc", "guestOs",
@@ -155,7 +145,7 @@ class VcdDouble:
         self.stop()
 
     def _serve(self) -> None:
-        server = ThreadingHTTPServer((self.host, self.port), _handler_for(self))
+        server = ThreadingHTTPServer((self.host, self.port), handler_for(self))
         server.daemon_threads = True
         self.port = server.server_address[1]
         self._server = server
@@ -303,10 +293,10 @@ class VcdDouble:
 
     # -- request handling (called from the handler) ---------------------------------------
     def _login(self, authorization: str) -> tuple[int, dict[str, str], dict[str, Any]]:
-        user, org, password = _basic(authorization)
+        user, org, password = basic_auth(authorization)
         if (user, org.lower(), password) != (self.username, "system", self.password):
-            return 401, {}, _error(401, "UNAUTHORIZED", "Invalid credentials or not a provider "
-                                   "(System org) user")
+            return 401, {}, vcd_error(401, "UNAUTHORIZED", "Invalid credentials or not a "
+                                      "provider (System org) user")
         token = secrets.token_urlsafe(24)
         with self._lock:
             self._tokens.add(token)
@@ -336,36 +326,37 @@ class VcdDouble:
     def _query(self, query: dict[str, str]) -> tuple[int, dict[str, Any]]:
         kind = query.get("type", "")
         if kind not in RECORD_ELEMENT:
-            return 400, _error(400, "BAD_REQUEST", f"Unknown query type {kind!r}")
+            return 400, vcd_error(400, "BAD_REQUEST", f"Unknown query type {kind!r}")
         if query.get("format", "records") != "records":
-            return 400, _error(400, "BAD_REQUEST", "only format=records in this double")
+            return 400, vcd_error(400, "BAD_REQUEST", "only format=records in this double")
         try:
             page = int(query.get("page", "1"))
             size = min(int(query.get("pageSize", str(DEFAULT_PAGE_SIZE))), MAX_PAGE_SIZE)
         except ValueError:
-            return 400, _error(400, "BAD_REQUEST", "page and pageSize must be integers")
+            return 400, vcd_error(400, "BAD_REQUEST", "page and pageSize must be integers")
         if page < 1 or size < 1:
-            return 400, _error(400, "BAD_REQUEST", "page and pageSize must be positive")
+            return 400, vcd_error(400, "BAD_REQUEST", "page and pageSize must be positive")
         known = ("href", *FIELDS[kind])
         fields = [f for f in query.get("fields", "").split(",") if f]
         for name in fields:
             if name not in known:
-                return 400, _error(400, "BAD_REQUEST", f"Field {name!r} is not valid for query "
-                                   f"type {kind}")
+                return 400, vcd_error(400, "BAD_REQUEST", f"Field {name!r} is not valid for "
+                                      f"query type {kind}")
         records = self._records(kind)
         for clause in [c for c in query.get("filter", "").split(";") if c]:
             attr, sep, value = clause.partition("==")
             if not sep or attr not in known:
-                return 400, _error(400, "BAD_REQUEST", f"Invalid filter {clause!r}")
-            records = [r for r in records if _text(r.get(attr)) == value]
+                return 400, vcd_error(400, "BAD_REQUEST", f"Invalid filter {clause!r}")
+            records = [r for r in records if record_text(r.get(attr)) == value]
         if query.get("sortAsc") in known:
-            records.sort(key=lambda r: _text(r.get(query["sortAsc"])))
+            records.sort(key=lambda r: record_text(r.get(query["sortAsc"])))
         elif query.get("sortDesc") in known:
-            records.sort(key=lambda r: _text(r.get(query["sortDesc"])), reverse=True)
+            records.sort(key=lambda r: record_text(r.get(query["sortDesc"])), reverse=True)
         total = len(records)
         last = max(1, math.ceil(total / size))
         if page > last:
-            return 400, _error(400, "BAD_REQUEST", f"page {page} is out of range (last {last})")
+            return 400, vcd_error(400, "BAD_REQUEST",
+                                  f"page {page} is out of range (last {last})")
         chosen = records[(page - 1) * size:page * size]
         if fields:
             chosen = [{k: v for k, v in r.items() if k == "href" or k in fields} for r in chosen]
@@ -387,218 +378,3 @@ class VcdDouble:
         return 200, {"kind": kind, "page": page, "pageSize": size, "total": total,
                      "links": links, "records": chosen,
                      "href": f"{self.url}/api/query?" + urlencode(query)}
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
-def _basic(authorization: str) -> tuple[str, str, str]:
-    if not authorization.startswith("Basic "):
-        return "", "", ""
-    try:
-        decoded = base64.b64decode(authorization[6:]).decode()
-    except (ValueError, UnicodeDecodeError):
-        return "", "", ""
-    login, _, password = decoded.partition(":")
-    user, _, org = login.rpartition("@")
-    return (user, org, password) if user else (login, "", password)
-
-
-def _error(code: int, minor: str, message: str) -> dict[str, Any]:
-    return {"error": True, "majorErrorCode": code, "minorErrorCode": minor, "message": message}
-
-
-def _version(accept: str) -> str | None:
-    for part in accept.split(";"):
-        key, _, value = part.strip().partition("=")
-        if key == "version":
-            return value.strip()
-    return None
-
-
-def _as_json(answer: dict[str, Any]) -> bytes:
-    if answer.get("error"):
-        return json.dumps({k: v for k, v in answer.items() if k != "error"} |
-                          {"stackTrace": None}).encode()
-    records = [{"_type": JSON_TYPE[answer["kind"]], "otherAttributes": {}, "link": [],
-                **record} for record in answer["records"]]
-    document = {"otherAttributes": {}, "link": answer["links"], "href": answer["href"],
-                "type": "application/vnd.vmware.vcloud.query.records+json",
-                "name": answer["kind"], "page": answer["page"],
-                "pageSize": answer["pageSize"], "total": answer["total"], "record": records,
-                "firstPage": None}
-    return json.dumps(document).encode()
-
-
-def _as_xml(answer: dict[str, Any]) -> bytes:
-    ET.register_namespace("", VCLOUD_NS)
-    if answer.get("error"):
-        root = ET.Element(f"{{{VCLOUD_NS}}}Error", {
-            "majorErrorCode": str(answer["majorErrorCode"]),
-            "minorErrorCode": answer["minorErrorCode"], "message": answer["message"]})
-    else:
-        root = ET.Element(f"{{{VCLOUD_NS}}}QueryResultRecords", {
-            "total": str(answer["total"]), "pageSize": str(answer["pageSize"]),
-            "page": str(answer["page"]), "name": answer["kind"], "href": answer["href"],
-            "type": "application/vnd.vmware.vcloud.query.records+xml"})
-        for item in answer["links"]:
-            ET.SubElement(root, f"{{{VCLOUD_NS}}}Link", item)
-        element = RECORD_ELEMENT[answer["kind"]]
-        for record in answer["records"]:
-            ET.SubElement(root, f"{{{VCLOUD_NS}}}{element}",
-                          {k: _text(v) for k, v in record.items()})
-    return b'<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n' + ET.tostring(root)
-
-
-def _handler_for(double: VcdDouble) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        server_version = "vcd-double"
-
-        def setup(self) -> None:
-            # The TLS handshake runs here, in the request thread, not in the accept loop.
-            self.request.settimeout(30)
-            self.request = double._context.wrap_socket(self.request, server_side=True)
-            with double._lock:
-                double._connections.add(self.request)
-            super().setup()
-
-        def finish(self) -> None:
-            try:
-                super().finish()
-            finally:
-                with double._lock:
-                    double._connections.discard(self.request)
-
-        def handle_one_request(self) -> None:
-            try:
-                super().handle_one_request()
-            except (OSError, ssl.SSLError):
-                self.close_connection = True
-
-        def log_message(self, format: str, *args: Any) -> None:
-            return
-
-        def _send(self, code: int, body: bytes, kind: str,
-                  headers: dict[str, str] | None = None) -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            for key, value in (headers or {}).items():
-                self.send_header(key, value)
-            self.end_headers()
-            self.wfile.write(body)
-
-        def _gate(self) -> bool:
-            """False when the double is down (the request was answered 503 or dropped)."""
-            mode = double._down
-            if mode is None:
-                return True
-            if mode == "stall":
-                double._back.wait(60)
-                self.close_connection = True
-                return False
-            if mode == "refuse":
-                self.close_connection = True
-                return False
-            self._send(503, b"Service Unavailable\n", "text/plain")
-            return False
-
-        def _record(self) -> tuple[str, dict[str, str]]:
-            parts = urlsplit(self.path)
-            query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-            with double._lock:
-                double.requests.append((self.command, parts.path, query,
-                                        self.headers.get("Accept", "")))
-            return parts.path, query
-
-        def do_POST(self) -> None:
-            path, _ = self._record()
-            length = int(self.headers.get("Content-Length") or 0)
-            if length:
-                self.rfile.read(length)
-            if not self._gate():
-                return
-            if path != "/cloudapi/1.0.0/sessions/provider":
-                self._json(404, _error(404, "NOT_FOUND", f"no resource {path}"))
-                return
-            version = _version(self.headers.get("Accept", ""))
-            if version not in SUPPORTED_VERSIONS:
-                self._json(406, _error(406, "NOT_ACCEPTABLE",
-                                       f"API version {version!r} is not supported"))
-                return
-            code, headers, body = double._login(self.headers.get("Authorization", ""))
-            self._send(code, json.dumps(body).encode(), "application/json", headers)
-
-        def do_DELETE(self) -> None:
-            path, _ = self._record()
-            if not self._gate():
-                return
-            if path == "/cloudapi/1.0.0/sessions/current":
-                token = double._authorized(self.headers)
-                if token is None:
-                    self._json(401, _error(401, "UNAUTHORIZED", "not logged in"))
-                    return
-                with double._lock:
-                    double._tokens.discard(token)
-                self._send(204, b"", "application/json")
-                return
-            self._json(404, _error(404, "NOT_FOUND", f"no resource {path}"))
-
-        def do_GET(self) -> None:
-            path, query = self._record()
-            if not self._gate():
-                return
-            accept = self.headers.get("Accept", "")
-            as_json = "json" in accept.split(";")[0]
-            if path == "/cloudapi/1.0.0/sessions/current":
-                self._session()
-                return
-            if path != "/api/query":
-                self._answer(as_json, 404, _error(404, "NOT_FOUND", f"no resource {path}"))
-                return
-            version = _version(accept)
-            if version not in SUPPORTED_VERSIONS:
-                self._answer(as_json, 406, _error(406, "NOT_ACCEPTABLE",
-                                                  f"API version {version!r} is not supported"))
-                return
-            if double._authorized(self.headers) is None:
-                self._answer(as_json, 401, _error(401, "UNAUTHORIZED",
-                                                  "Session missing, invalid or expired"))
-                return
-            if double.garbage is not None:
-                self._send(200, double.garbage, "text/html")
-                return
-            code, answer = double._query(query)
-            self._answer(as_json, code, answer)
-            double._answered()
-
-        def _session(self) -> None:
-            version = _version(self.headers.get("Accept", ""))
-            if version not in SUPPORTED_VERSIONS:
-                self._json(406, _error(406, "NOT_ACCEPTABLE",
-                                       f"API version {version!r} is not supported"))
-                return
-            token = double._authorized(self.headers)
-            if token is None:
-                self._json(401, _error(401, "UNAUTHORIZED", "Session missing or expired"))
-                return
-            self._send(200, json.dumps(double._current_session(token)).encode(),
-                       "application/json;version=" + str(version))
-            double._answered()
-
-        def _json(self, code: int, answer: dict[str, Any]) -> None:
-            self._send(code, _as_json(answer), "application/json")
-
-        def _answer(self, as_json: bool, code: int, answer: dict[str, Any]) -> None:
-            if as_json:
-                self._send(code, _as_json(answer),
-                           "application/vnd.vmware.vcloud.query.records+json;version=37.0")
-            else:
-                self._send(code, _as_xml(answer),
-                           "application/vnd.vmware.vcloud.query.records+xml;version=37.0")
-
-    return Handler
