@@ -24,6 +24,9 @@ There is no Docker engine here and no container registry is reachable, so:
   ``/etc/ssl/certs`` (read-only) for the ``RUN pip install`` steps (PyPI is reached through
   it; Debian's pip uses the system bundle). Layers are cached: an unchanged tree rebuilds in
   a few seconds; the dependency layer is rebuilt only when pyproject.toml or the lock change.
+  The engine stage's ``/cache/go`` is ``CACHE/go`` bind-mounted (not part of any layer): Go's
+  toolchain zip from the module proxy (~70 MB), the modules and Go's build cache are fetched
+  and compiled once per machine, so a fresh clone's cold image build only links the engine.
 
 Without systemd, ``podman run`` of an image with a ``HEALTHCHECK`` logs two "unable to get
 systemd connection" errors (no timer for the periodic check) and runs the container anyway;
@@ -52,6 +55,8 @@ BASE_TAR = DIR / "bookworm-python3.tar"
 BASE = "docker.io/library/python:3.11-slim"
 ROOTFS = "localhost/statsfeeder-standin-rootfs:bookworm"
 IMAGE = "localhost/statsfeeder:test"
+GO_CACHE = common.CACHE / "go"
+"""The engine stage's Go toolchain zip, module and build caches (``/cache/go`` in the build)."""
 LABEL = "io.statsfeeder.test"
 APT_PACKAGES = ("podman", "runc", "mmdebstrap")
 CONTAINERS_CONF = """\
@@ -154,8 +159,9 @@ def ensure_base() -> None:
 
 def build_args() -> list[str]:
     """What ``podman build`` needs here beyond the Dockerfile (podman-compose gets them too)."""
+    GO_CACHE.mkdir(parents=True, exist_ok=True)
     return ["--format", "docker", "--pull=never", "--network", "host",
-            "-v", "/etc/ssl/certs:/etc/ssl/certs:ro"]
+            "-v", "/etc/ssl/certs:/etc/ssl/certs:ro", "-v", f"{GO_CACHE}:/cache/go"]
 
 
 def build_image(tag: str = IMAGE, context: Path = common.REPO) -> float:

@@ -249,8 +249,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from statsfeeder.config import load_read_config
     from statsfeeder.readapi import serve
 
-    cassandra, read_api = load_read_config(args.config)
-    return asyncio.run(serve(cassandra, read_api))
+    cassandra, read_api, telemetry = load_read_config(args.config)
+    return asyncio.run(serve(cassandra, read_api, telemetry_listen=telemetry.listen))
 
 
 def cmd_kairosdb(args: argparse.Namespace) -> int:

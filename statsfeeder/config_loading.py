@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from statsfeeder.config import CassandraConfig, Config, ReadApiConfig
+from statsfeeder.config import CassandraConfig, Config, ReadApiConfig, TelemetryConfig
 from statsfeeder.config_checks import redact_url
 from statsfeeder.errors import ConfigError
 
@@ -108,9 +108,9 @@ def load_config(path: Path, environ: dict[str, str] | None = None) -> Config:
 
 
 def load_read_config(path: Path, environ: dict[str, str] | None = None
-                     ) -> tuple[CassandraConfig, ReadApiConfig]:
-    """The cassandra and read_api sections alone (``statsfeeder serve``): a read replica
-    needs no vCenter credentials."""
+                     ) -> tuple[CassandraConfig, ReadApiConfig, TelemetryConfig]:
+    """The cassandra, read_api and telemetry sections alone (``statsfeeder serve``): a read
+    replica needs no vCenter credentials."""
     raw, environ = _sections(_read_yaml(path), environ)
     cassandra = parse_cassandra(raw.get("cassandra") or {}, environ)
     try:
@@ -118,7 +118,11 @@ def load_read_config(path: Path, environ: dict[str, str] | None = None
                                                 context={"environ": environ})
     except ValidationError as exc:
         raise ConfigError(_one_line(exc, "read_api")) from None
-    return cassandra, read_api
+    try:
+        telemetry = TelemetryConfig.model_validate(raw.get("telemetry") or {})
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc, "telemetry")) from None
+    return cassandra, read_api, telemetry
 
 
 def _read_yaml(path: Path) -> Any:

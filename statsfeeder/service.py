@@ -249,7 +249,7 @@ async def run_service(config: Config, drain_seconds: float = 6.0) -> int:
             from statsfeeder.readapi import keep_serving
             from statsfeeder.readapi.server import ReadApi
 
-            read_api = ReadApi(config.read_api, config.cassandra)
+            read_api = ReadApi(config.read_api, config.cassandra, metrics=telemetry.read_api)
             background.append(asyncio.create_task(keep_serving(read_api, stopping)))
         if service.vcd is not None:
             background.append(asyncio.create_task(service.vcd.run_refresher(stopping)))

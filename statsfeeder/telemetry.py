@@ -16,6 +16,41 @@ from statsfeeder.errors import ConfigError
 
 CYCLE_BUCKETS = (1, 2.5, 5, 10, 20, 30, 60, 120, 180, 240, 300, 600)
 WRITE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+QUERY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class ReadApiMetrics:
+    """The read API's own health (``statsfeeder serve`` alone, or inside ``run``)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.requests = Counter(
+            "statsfeeder_read_api_requests_total", "Query API requests answered, by endpoint "
+            "and HTTP status code.", ["endpoint", "code"], registry=r)
+        self.request_duration = Histogram(
+            "statsfeeder_read_api_request_duration_seconds", "Time to answer a query API "
+            "request, by endpoint.", ["endpoint"], buckets=QUERY_BUCKETS, registry=r)
+        self.in_flight = Gauge(
+            "statsfeeder_read_api_queries_in_flight", "Requests being evaluated by the "
+            "engine now.", registry=r)
+        self.selects = Counter(
+            "statsfeeder_read_api_selects_total", "Selects (one selector of a query) read "
+            "from Cassandra, by outcome (ok, limit, error).", ["outcome"], registry=r)
+        self.series_returned = Counter(
+            "statsfeeder_read_api_series_returned_total", "Series returned to the engine by "
+            "Selects.", registry=r)
+        self.samples_returned = Counter(
+            "statsfeeder_read_api_samples_returned_total", "Samples returned to the engine by "
+            "Selects.", registry=r)
+        self.engine_up = Gauge(
+            "statsfeeder_read_api_engine_up", "1 while the PromQL engine child runs.",
+            registry=r)
+        self.engine_restarts = Counter(
+            "statsfeeder_read_api_engine_restarts_total", "PromQL engine children started "
+            "again after one exited.", registry=r)
+        self.auth_failures = Counter(
+            "statsfeeder_read_api_auth_failures_total", "Refused requests, by reason (missing, "
+            "malformed, invalid, expired, vcd_unavailable).", ["reason"], registry=r)
 
 
 class Telemetry:
@@ -112,6 +147,7 @@ class Telemetry:
         self.sink_open_failures = Counter(
             "statsfeeder_sink_open_failures_total", "Failed attempts to open a sink.",
             ["sink"], registry=r)
+        self.read_api = ReadApiMetrics(r)
         self.sink_problem: Callable[[], str | None] = lambda: None
         """Set by the service: one line naming the missing sinks, shown on /readyz."""
 
@@ -123,37 +159,43 @@ class Telemetry:
                 gauge.remove(vcenter)
 
     def serve(self, listen: str, ready: threading.Event | None = None) -> ThreadingHTTPServer:
-        host, _, port = listen.rpartition(":")
-        registry, telemetry = self.registry, self
-        ready_flag = ready or threading.Event()
+        return serve_registry(self.registry, listen, ready, lambda: self.sink_problem())
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.path.startswith("/metrics"):
-                    body, kind, code = generate_latest(registry), CONTENT_TYPE_LATEST, 200
-                elif self.path == "/healthz":
-                    body, kind, code = b"ok\n", "text/plain", 200
-                elif self.path == "/readyz":
-                    problem = telemetry.sink_problem() if ready_flag.is_set() else None
-                    code = 200 if ready_flag.is_set() and problem is None else 503
-                    text = ("starting" if not ready_flag.is_set() else problem or "ready")
-                    body, kind = f"{text}\n".encode(), "text/plain"
-                else:
-                    body, kind, code = b"not found\n", "text/plain", 404
-                self.send_response(code)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
 
-            def log_message(self, format: str, *args: Any) -> None:
-                return
+def serve_registry(registry: CollectorRegistry, listen: str,
+                   ready: threading.Event | None = None,
+                   problem: Callable[[], str | None] = lambda: None) -> ThreadingHTTPServer:
+    """/metrics, /healthz and /readyz on ``listen`` (telemetry.listen), in a thread."""
+    host, _, port = listen.rpartition(":")
+    ready_flag = ready or threading.Event()
 
-        try:
-            server = ThreadingHTTPServer((host or "0.0.0.0", int(port)), Handler)
-        except OSError as exc:  # in use (a second instance on this host), no such address
-            reason = exc.strerror or str(exc)
-            raise ConfigError(f"config: telemetry.listen: cannot listen on {listen}: "
-                              f"{reason}") from None
-        threading.Thread(target=server.serve_forever, name="telemetry", daemon=True).start()
-        return server
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path.startswith("/metrics"):
+                body, kind, code = generate_latest(registry), CONTENT_TYPE_LATEST, 200
+            elif self.path == "/healthz":
+                body, kind, code = b"ok\n", "text/plain", 200
+            elif self.path == "/readyz":
+                trouble = problem() if ready_flag.is_set() else None
+                code = 200 if ready_flag.is_set() and trouble is None else 503
+                text = ("starting" if not ready_flag.is_set() else trouble or "ready")
+                body, kind = f"{text}\n".encode(), "text/plain"
+            else:
+                body, kind, code = b"not found\n", "text/plain", 404
+            self.send_response(code)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+    try:
+        server = ThreadingHTTPServer((host or "0.0.0.0", int(port)), Handler)
+    except OSError as exc:  # in use (a second instance on this host), no such address
+        reason = exc.strerror or str(exc)
+        raise ConfigError(f"config: telemetry.listen: cannot listen on {listen}: "
+                          f"{reason}") from None
+    threading.Thread(target=server.serve_forever, name="telemetry", daemon=True).start()
+    return server

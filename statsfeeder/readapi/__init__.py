@@ -35,20 +35,34 @@ async def keep_serving(api: ReadApi, stopping: asyncio.Event) -> None:
 
 
 async def serve(cassandra: CassandraConfig, config: ReadApiConfig,
-                authorize: Authorizer | None = None) -> int:
+                authorize: Authorizer | None = None, telemetry_listen: str | None = None
+                ) -> int:
     """``statsfeeder serve``: the API alone until SIGTERM/SIGINT (read replicas).
     ``authorize`` maps a request to its scope (default: the configured tokens and vCD
-    sessions, ``auth.py``)."""
+    sessions, ``auth.py``). With ``telemetry_listen`` the API's own metrics are served
+    there (/metrics, /healthz, /readyz once the API answers)."""
+    import threading
+
+    from prometheus_client import CollectorRegistry
+
     from statsfeeder.readapi.server import ReadApi
+    from statsfeeder.telemetry import ReadApiMetrics, serve_registry
 
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
-    api = ReadApi(config, cassandra, authorize)
+    registry = CollectorRegistry()
+    api = ReadApi(config, cassandra, authorize, metrics=ReadApiMetrics(registry))
+    ready = threading.Event()
+    server = serve_registry(registry, telemetry_listen, ready) if telemetry_listen else None
     try:
         await api.start()
+        ready.set()
         await stopping.wait()
     finally:
         await api.stop()
+        if server is not None:
+            server.shutdown()
+            server.server_close()
     return 0

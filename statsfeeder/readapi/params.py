@@ -136,6 +136,19 @@ def timeout_param(form: dict[str, list[str]], ceiling: float) -> float:
     return min(asked, ceiling) if asked > 0 else ceiling
 
 
+def lookback_param(form: dict[str, list[str]]) -> list[tuple[str, str]]:
+    """``lookback_delta`` for this query alone, as the engine field (none: the configured
+    lookback; zero or negative: the same, as in Prometheus)."""
+    text = first(form, "lookback_delta")
+    if not text:
+        return []
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise ApiError(BAD_DATA, f"error parsing lookback delta duration: {exc}") from None
+    return [("lookback_delta", repr(seconds))]
+
+
 def limit_param(form: dict[str, list[str]]) -> int:
     text = first(form, "limit")
     if not text:

@@ -25,6 +25,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from statsfeeder import __version__
 from statsfeeder.config import CassandraConfig, ReadApiConfig
@@ -32,9 +33,11 @@ from statsfeeder.errors import ConfigError
 from statsfeeder.readapi import params
 from statsfeeder.readapi.auth import Authenticator, Unauthorized, refusal, server_context
 from statsfeeder.readapi.engine import PROMETHEUS_VERSION, EngineProcess, ensure_binary
+from statsfeeder.readapi.instrument import count_select, request_metrics
 from statsfeeder.readapi.params import ApiError
 from statsfeeder.readapi.store import Scope, SelectRequest, SeriesStore
 from statsfeeder.readapi.vcd_sessions import VcdCheckUnavailable
+from statsfeeder.telemetry import ReadApiMetrics
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +61,12 @@ def failure(error: ApiError) -> web.Response:
 
 class ReadApi:
     def __init__(self, config: ReadApiConfig, cassandra: CassandraConfig,
-                 authorize: Authorizer | None = None) -> None:
+                 authorize: Authorizer | None = None,
+                 metrics: ReadApiMetrics | None = None) -> None:
         self.config = config
+        self.metrics = metrics or ReadApiMetrics(CollectorRegistry())
+        self.metrics.engine_up.set_function(
+            lambda: 1.0 if self._engine is not None and self._engine.running else 0.0)
         self.cassandra = cassandra
         self.authenticator: Authenticator | None = None
         if authorize is None:
@@ -87,10 +94,12 @@ class ReadApi:
             principal = await self.authenticator.authenticate(
                 request.headers.get("Authorization"))
         except Unauthorized as exc:
+            self.metrics.auth_failures.labels(exc.kind).inc()
             log.info("read API: refused %s %s from %s: %s", request.method, request.path,
                      request.remote, exc)
             raise refusal(str(exc)) from None
         except VcdCheckUnavailable as exc:
+            self.metrics.auth_failures.labels("vcd_unavailable").inc()
             log.warning("read API: cannot check a vCD session: %s", exc)
             raise refusal(f"cannot check the vCD session now: {exc}", 503) from None
         return principal.scope
@@ -161,7 +170,8 @@ class ReadApi:
             await self.authenticator.close()
 
     def application(self) -> web.Application:
-        app = web.Application(client_max_size=1 << 20)
+        app = web.Application(client_max_size=1 << 20,
+                              middlewares=[request_metrics(self.metrics)])
         routes = [("/api/v1/query", self._query), ("/api/v1/query_range", self._query_range),
                   ("/api/v1/series", self._series), ("/api/v1/labels", self._labels),
                   ("/api/v1/label/{name}/values", self._label_values),
@@ -195,8 +205,8 @@ class ReadApi:
         at = params.time_param(form, "time", round(time.time(), 3))
         timeout = params.timeout_param(form, self.config.query_timeout_seconds)
         return await self._forward("/query", [("query", params.first(form, "query")),
-                                              ("time", repr(at)), ("timeout", repr(timeout))],
-                                   scope)
+                                              ("time", repr(at)), ("timeout", repr(timeout)),
+                                              *params.lookback_param(form)], scope)
 
     async def _query_range(self, request: web.Request, form: Form, scope: Scope
                            ) -> web.Response:
@@ -205,7 +215,8 @@ class ReadApi:
         timeout = params.timeout_param(form, self.config.query_timeout_seconds)
         return await self._forward("/query_range", [
             ("query", params.first(form, "query")), ("start", repr(start)), ("end", repr(end)),
-            ("step", repr(step)), ("timeout", repr(timeout))], scope)
+            ("step", repr(step)), ("timeout", repr(timeout)), *params.lookback_param(form)],
+            scope)
 
     def _metadata_fields(self, form: Form) -> list[tuple[str, str]]:
         limit = params.limit_param(form)
@@ -258,6 +269,7 @@ class ReadApi:
                        ) -> web.Response:
         token = secrets.token_urlsafe(16)
         self._scopes[token] = scope
+        self.metrics.in_flight.inc()
         try:
             for attempt in (1, 2):
                 engine = await self._running_engine()
@@ -278,6 +290,7 @@ class ReadApi:
         except TimeoutError:
             raise ApiError(params.TIMEOUT, "query timed out") from None
         finally:
+            self.metrics.in_flight.dec()
             self._scopes.pop(token, None)
 
     async def _running_engine(self) -> EngineProcess:
@@ -286,6 +299,7 @@ class ReadApi:
             if not self._engine.running:
                 await self._engine.stop()
                 await self._engine.start()
+                self.metrics.engine_restarts.inc()
         return self._engine
 
     # --- internal: the engine's Selects ------------------------------------------------------
@@ -304,10 +318,12 @@ class ReadApi:
         try:
             pieces = await asyncio.to_thread(lambda: list(store.select(select, scope)))
         except Exception as exc:  # Cassandra unreachable, timeouts: one line to the caller
+            self.metrics.selects.labels("error").inc()
             text = " ".join(str(exc).split())[:300]
             log.error("read API: reading series failed: %s: %s", type(exc).__name__, text)
             raise web.HTTPInternalServerError(
                 text=f"cassandra: {type(exc).__name__}: {text}") from None
+        count_select(self.metrics, pieces)
         response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
         await response.prepare(request)
         for piece in pieces:

@@ -180,6 +180,16 @@ func (s *server) context(r *http.Request) (context.Context, context.CancelFunc) 
 	return context.WithTimeout(r.Context(), timeout)
 }
 
+// queryOpts carries the request's lookback_delta (seconds, checked by the parent); none or
+// zero leaves the engine's configured lookback.
+func queryOpts(r *http.Request) promql.QueryOpts {
+	value, err := strconv.ParseFloat(r.FormValue("lookback_delta"), 64)
+	if err != nil || math.IsNaN(value) {
+		return nil
+	}
+	return promql.NewPrometheusQueryOpts(false, time.Duration(value*float64(time.Second)), nil)
+}
+
 type queryData struct {
 	ResultType parser.ValueType `json:"resultType"`
 	Result     any              `json:"result"`
@@ -224,7 +234,7 @@ func (s *server) query(r *http.Request) (any, annotations.Annotations, string, *
 		return nil, nil, "", badData(err.Error())
 	}
 	return s.run(r, func(ctx context.Context, q storage.Queryable) (promql.Query, error) {
-		return s.engine.NewInstantQuery(ctx, q, nil, r.FormValue("query"), at)
+		return s.engine.NewInstantQuery(ctx, q, queryOpts(r), r.FormValue("query"), at)
 	})
 }
 
@@ -243,7 +253,7 @@ func (s *server) queryRange(r *http.Request) (any, annotations.Annotations, stri
 	}
 	interval := time.Duration(step * float64(time.Second))
 	return s.run(r, func(ctx context.Context, q storage.Queryable) (promql.Query, error) {
-		return s.engine.NewRangeQuery(ctx, q, nil, r.FormValue("query"), start, end, interval)
+		return s.engine.NewRangeQuery(ctx, q, queryOpts(r), r.FormValue("query"), start, end, interval)
 	})
 }
 
