@@ -23,7 +23,7 @@ class ReadApiMetrics:
     """The read API's own health (``statsfeeder serve`` alone, or inside ``run``)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        r = registry
+        self.registry = r = registry
         self.requests = Counter(
             "statsfeeder_read_api_requests_total", "Query API requests answered, by endpoint "
             "and HTTP status code.", ["endpoint", "code"], registry=r)

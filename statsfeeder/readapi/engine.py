@@ -126,6 +126,15 @@ class EngineProcess:
         async for line in self._process.stderr:
             log.warning("engine: %s", line.decode(errors="replace").rstrip())
 
+    async def exited(self, within: float) -> bool:
+        """Whether the child has exited (waiting up to ``within`` seconds for it)."""
+        process = self._process
+        if process is None:
+            return True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(process.wait(), within)
+        return process.returncode is not None
+
     async def stop(self) -> None:
         process, self._process = self._process, None
         if process is not None and process.returncode is None:

@@ -281,11 +281,22 @@ class ReadApi:
                         body = await answer.read()
                         return web.Response(body=body, status=answer.status,
                                             content_type="application/json")
-                except aiohttp.ClientConnectionError:
-                    if attempt == 2 or engine.running:
+                except aiohttp.ClientConnectorError:
+                    # Refused before the request was sent: a dead engine not yet noticed.
+                    if attempt == 2 or not await engine.exited(2.0):
                         raise ApiError(params.UNAVAILABLE,
                                        "the query engine is not reachable") from None
                     log.error("read API: the PromQL engine exited; restarting it")
+                except aiohttp.ClientConnectionError:
+                    # It went away with this query in it: not sent again (a query that
+                    # kills the engine would kill the next one too); the engine is restarted
+                    # for the queries after it.
+                    if await engine.exited(2.0):
+                        log.error("read API: the PromQL engine exited during a query; "
+                                  "restarting it")
+                        await self._running_engine()
+                    raise ApiError(params.UNAVAILABLE, "the query engine stopped during the "
+                                   "query; it was restarted, try again") from None
             raise AssertionError("unreachable")
         except TimeoutError:
             raise ApiError(params.TIMEOUT, "query timed out") from None

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,15 +97,17 @@ def write_config(path: Path, deployment: Deployment, vcsim_env: dict[str, str],
 
 
 def start(image: str, deployment: Deployment, port: int, *extra: str,
-          secrets_dir: Path | None = None) -> str:
+          secrets_dir: Path | None = None, config: Path | None = None,
+          command: Sequence[str] = ()) -> str:
+    """``extra`` podman options; ``command`` replaces the image's (``run -c CONFIG``)."""
     name = f"statsfeeder-test-{uuid.uuid4().hex[:8]}"
     # As Docker does it: --read-only without podman's extra tmpfs mounts on /tmp and /run.
     podman.run(["run", "-d", "--name", name, "--label", podman.LABEL, "--network", "host",
                 "--read-only", "--read-only-tmpfs=false", "--cap-drop=ALL",
                 "--security-opt", "no-new-privileges",
                 "-e", f"STATSFEEDER_TELEMETRY__LISTEN=127.0.0.1:{port}",
-                *mounts(deployment, deployment.files["config"], secrets_dir), *extra, image],
-               check=True)
+                *mounts(deployment, config or deployment.files["config"], secrets_dir), *extra,
+                image, *command], check=True)
     return name
 
 

@@ -17,8 +17,11 @@ import uuid
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
+import yaml
 
 from peers import podman, prometheus
 from peers.common import REPO, PeerError
@@ -142,6 +145,90 @@ def test_image_runs_read_only_as_its_user_against_the_real_peers(
     finally:
         prometheus.set_scrape_targets([])
         podman.remove(name)
+
+
+def test_image_serves_the_read_api_with_its_own_engine(
+        image: str, deployment: Deployment, prometheus_env: dict[str, str],
+        tmp_path: Path) -> None:
+    """The engine is in the image: `run` with read_api enabled and `serve` alone both answer
+    Grafana's `1+1` and a query over what the cycle stored, read-only root and no capability,
+    with no Go and nothing built at run time; `serve`'s /metrics is scraped by Prometheus."""
+    token = secrets.token_hex(16)
+    ports = {key: free_port() for key in ("run", "run_api", "serve", "serve_api")}
+    raw = yaml.safe_load(deployment.files["config"].read_text())
+    raw["read_api"] = {"enabled": True, "listen": f"127.0.0.1:{ports['run_api']}",
+                       "tokens": [{"name": "grafana", "token_env": "SF_API_TOKEN",
+                                   "provider": True}]}
+    config = tmp_path / "statsfeeder.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    config.chmod(0o444)
+    headers = {"Authorization": f"Bearer {token}"}
+    cpu = "vsphere_vm_cpu_usage_average_percent"
+
+    def query(port: int, text: str) -> list[dict[str, Any]]:
+        answer = httpx.get(f"http://127.0.0.1:{port}/api/v1/query", params={"query": text},
+                           headers=headers, timeout=60)
+        assert answer.status_code == 200, answer.text
+        return list(answer.json()["data"]["result"])
+
+    collector = start(image, deployment, ports["run"], "-e", f"SF_API_TOKEN={token}",
+                      config=config)
+    server = ""
+    try:
+        wait_for(lambda: (metric(ports["run"], SUCCESS) or 0) > 0, 120, "a stored cycle")
+        wait_for(lambda: status(ports["run_api"], "/api/v1/status/buildinfo") == 401, 60,
+                 "run's read API")
+        answer = httpx.get(f"http://127.0.0.1:{ports['run_api']}/api/v1/query",
+                           params={"query": "1+1"}, headers=headers, timeout=60).json()
+        assert answer["data"]["result"][1] == "2", answer
+        assert int(query(ports["run_api"], f"count({cpu})")[0]["value"][1]) > 0
+        assert (metric(ports["run"], "statsfeeder_read_api_engine_up") or 0) == 1
+
+        server = start(image, deployment, ports["serve"], "-e", f"SF_API_TOKEN={token}",
+                       "-e", f"STATSFEEDER_READ_API__LISTEN=127.0.0.1:{ports['serve_api']}",
+                       config=config, command=["serve", "-c", CONFIG])
+        wait_for(lambda: status(ports["serve"], "/readyz") == 200, 60, "serve's /readyz")
+        one = httpx.post(f"http://127.0.0.1:{ports['serve_api']}/api/v1/query",
+                         data={"query": "1+1"}, headers=headers, timeout=60).json()
+        assert one["data"] == {"resultType": "scalar", "result": [one["data"]["result"][0], "2"]}
+        by_vm = query(ports["serve_api"], f"max by (vm) (max_over_time({cpu}[15m]))")
+        assert by_vm and all(0 <= float(row["value"][1]) <= 100 for row in by_vm)
+        refused = httpx.get(f"http://127.0.0.1:{ports['serve_api']}/api/v1/query",
+                            params={"query": "1+1"}, headers={"Authorization": "Bearer x"})
+        assert refused.status_code == 401
+        assert "Read-only file system" in in_container(server, "open('/usr/local/x', 'w')")
+        assert in_container(server, "import os; print(os.path.exists(os.path.expanduser("
+                            "'~/.cache/statsfeeder')))") == "False"
+
+        prom = prometheus_env["PROMETHEUS_URL"] + "/api/v1/query"
+        instance = f'instance="127.0.0.1:{ports["serve"]}"'
+        wanted = {"ok": f'statsfeeder_read_api_requests_total{{endpoint="/api/v1/query",'
+                        f'code="200",{instance}}}',
+                  "refused": f'statsfeeder_read_api_auth_failures_total{{reason="invalid",'
+                             f'{instance}}}',
+                  "series": f"statsfeeder_read_api_series_returned_total{{{instance}}}",
+                  "engine": f"statsfeeder_read_api_engine_up{{{instance}}}"}
+        seen: dict[str, float] = {}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(seen) < len(wanted):
+            prometheus.set_scrape_targets([f"127.0.0.1:{ports['serve']}"], interval="1s")
+            time.sleep(2)
+            for key, text in wanted.items():
+                found = httpx.get(prom, params={"query": text}).json()["data"]["result"]
+                if found:
+                    seen[key] = float(found[0]["value"][1])
+        assert seen == {"ok": 2, "refused": 1, "series": seen.get("series", 0),
+                        "engine": 1} and seen["series"] > 0, seen
+        for name in (collector, server):
+            logs = podman.run(["logs", name])
+            log = logs.stdout + logs.stderr
+            assert "Traceback" not in log and token not in log
+            assert "building the PromQL engine" not in log
+    finally:
+        prometheus.set_scrape_targets([])
+        podman.remove(collector)
+        if server:
+            podman.remove(server)
 
 
 def test_image_runs_under_an_arbitrary_uid(image: str, deployment: Deployment) -> None:
