@@ -24,6 +24,7 @@ from aiohttp import web
 from peers import prometheus as prometheus_peer
 from statsfeeder.readapi.store import Scope
 from statsfeeder.sinks.cassandra.sink import CassandraSink
+from tests.helpers import metric
 from tests.readapi_fleet import (
     Fleet,
     create_keyspace,
@@ -180,9 +181,9 @@ def test_a_scope_hides_other_orgs_in_every_answer(sink: CassandraSink) -> None:
 
 
 def write_serve_config(path: Path, cassandra_env: dict[str, str], keyspace: str,
-                       read_api: dict[str, object]) -> None:
+                       read_api: dict[str, object], telemetry_port: int = 0) -> None:
     """A ``statsfeeder serve`` config: no vcenters section, since a read replica needs no
-    vCenter credentials."""
+    vCenter credentials; its metrics on ``telemetry_port`` (default: a free one)."""
     path.write_text(yaml.safe_dump({
         "cassandra": {"hosts": cassandra_env["CASSANDRA_HOSTS"].split(","),
                       "port": int(cassandra_env["CASSANDRA_PORT"]),
@@ -190,16 +191,17 @@ def write_serve_config(path: Path, cassandra_env: dict[str, str], keyspace: str,
                                       "password_env": "CASSANDRA_PASSWORD"},
                       "tls": {"ca_file": cassandra_env["CASSANDRA_CA_FILE"]},
                       "keyspace": keyspace, "consistency": "ONE"},
-        "read_api": read_api}))
+        "read_api": read_api,
+        "telemetry": {"listen": f"127.0.0.1:{telemetry_port or free_port()}"}}))
 
 
 def test_statsfeeder_serve_runs_until_sigterm(sink: CassandraSink, tmp_path: Path,
                                               cassandra_env: dict[str, str]) -> None:
-    port = free_port()
+    port, telemetry = free_port(), free_port()
     config = tmp_path / "serve.yaml"
     write_serve_config(config, cassandra_env, sink.config.keyspace, {
         "listen": f"127.0.0.1:{port}",
-        "tokens": [{"name": "ops", "token_env": "SERVE_TOKEN", "provider": True}]})
+        "tokens": [{"name": "ops", "token_env": "SERVE_TOKEN", "provider": True}]}, telemetry)
     token = "serve-token-0123456789abcdef"
     env = {"CASSANDRA_PASSWORD": cassandra_env["CASSANDRA_PASSWORD"], "SERVE_TOKEN": token,
            "PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root")}
@@ -219,6 +221,12 @@ def test_statsfeeder_serve_runs_until_sigterm(sink: CassandraSink, tmp_path: Pat
         assert answer is not None, process.stderr.read().decode() if process.stderr else ""
         # every VM but vm-23, whose samples stop an hour before END
         assert answer.json()["data"]["result"][0]["value"][1] == str(len(FLEET.vms) - 1)
+        # Its own metrics on telemetry.listen, once the API answers.
+        assert httpx.get(f"http://127.0.0.1:{telemetry}/readyz").status_code == 200
+        served = 'statsfeeder_read_api_requests_total{code="200",endpoint="/api/v1/query"}'
+        assert metric(telemetry, served) == 1
+        assert metric(telemetry, "statsfeeder_read_api_engine_up") == 1
+        assert metric(telemetry, "statsfeeder_up") is None  # no collector metrics here
     finally:
         process.send_signal(signal.SIGTERM)
         code = process.wait(30)
