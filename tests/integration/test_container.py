@@ -282,7 +282,7 @@ def test_image_has_labels_no_build_tools_and_only_locked_dependencies(image: str
     print(f"image size: {inspected['Size'] / 1e6:.0f} MB")
     probe = ("import importlib.metadata as m, json, shutil; print(json.dumps({'tools': "
              "[t for t in ('gcc', 'cc', 'c++', 'g++', 'make', 'ld', 'as', 'clang', 'cargo', "
-             "'git') if shutil.which(t)], 'dists': {d.metadata['Name']: d.version "
+             "'git', 'go', 'gofmt') if shutil.which(t)], 'dists': {d.metadata['Name']: d.version "
              "for d in m.distributions()}}))")
     done = podman.run(["run", "--rm", "--read-only", "--network", "none", "--entrypoint",
                        "python", image, "-c", probe], check=True)
