@@ -30,9 +30,8 @@ def report(out: Path, base: tracemalloc.Snapshot, minutes: float, top: int) -> N
         (tracemalloc.Filter(False, tracemalloc.__file__),))
     current, peak = tracemalloc.get_traced_memory()
     lines = [f"== {minutes:.1f} min: traced {current / 1e6:.1f} MB (peak {peak / 1e6:.1f} MB)"]
-    for stat in now.compare_to(base, "traceback")[:top]:
-        if stat.size_diff <= 0:
-            break
+    grown = [stat for stat in now.compare_to(base, "traceback") if stat.size_diff > 0]
+    for stat in grown[:top]:  # compare_to sorts by the absolute change: shrinkage too
         lines.append(f"+{stat.size_diff / 1e3:.0f} kB in {stat.count_diff:+d} blocks "
                      f"(now {stat.size / 1e3:.0f} kB)")
         lines.extend(f"    {frame}" for frame in stat.traceback.format()[-2 * FRAMES:])
