@@ -258,6 +258,14 @@ class ReadApiConfig(ReadApiAccess):
     """How long the VM list and metric units are reused before they are read again."""
     engine_binary: Path | None = None
     """A prebuilt PromQL engine; by default it is built once with Go and cached."""
+    rollups: bool = True
+    """Answer avg/max/min/sum/count_over_time over whole hours or days at an hour-aligned
+    step from the roll-up tables (docs/operations.md lists exactly which queries)."""
+    rollups_min_step_hours: Annotated[int, Field(ge=1, le=8760)] = 1
+    """Smallest range-query step (whole hours) read from roll-ups; finer steps read raw."""
+    rollups_fresh_hours: Annotated[int, Field(ge=0, le=72)] = 4
+    """Buckets that ended this recently are folded from the raw samples instead (the
+    roll-up worker may still be rewriting them with late samples)."""
 
     @model_validator(mode="after")
     def _anonymous_only_on_loopback(self) -> ReadApiConfig:

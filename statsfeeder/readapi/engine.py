@@ -87,10 +87,14 @@ class EngineProcess:
     """One running engine. ``url`` is its base URL once ``start`` returned."""
 
     def __init__(self, binary: Path, *, storage_url: str, secret: str, lookback_seconds: int,
-                 timeout_seconds: float, max_samples: int, max_series: int) -> None:
+                 timeout_seconds: float, max_samples: int, max_series: int,
+                 rollup_min_step_seconds: int | None = None) -> None:
+        """``rollup_min_step_seconds``: None keeps every Select on the raw samples."""
         self._argv = [str(binary), "-listen", "127.0.0.1:0", "-storage-url", storage_url,
                       "-lookback", f"{lookback_seconds}s", "-timeout", f"{timeout_seconds}s",
                       "-max-samples", str(max_samples), "-max-series", str(max_series)]
+        if rollup_min_step_seconds is not None:
+            self._argv += ["-rollups", "-rollup-min-step", f"{rollup_min_step_seconds}s"]
         self._secret = secret
         self._process: asyncio.subprocess.Process | None = None
         self._drain: asyncio.Task[None] | None = None

@@ -35,6 +35,7 @@ from statsfeeder.readapi.auth import Authenticator, Unauthorized, refusal, serve
 from statsfeeder.readapi.engine import PROMETHEUS_VERSION, EngineProcess, ensure_binary
 from statsfeeder.readapi.instrument import count_select, request_metrics
 from statsfeeder.readapi.params import ApiError
+from statsfeeder.readapi.rollup_select import RollupRequest, RollupSelect, tables_present
 from statsfeeder.readapi.store import Scope, SelectRequest, SeriesStore
 from statsfeeder.readapi.vcd_sessions import VcdCheckUnavailable
 from statsfeeder.telemetry import ReadApiMetrics
@@ -77,6 +78,7 @@ class ReadApi:
         self._scopes: dict[str, Scope] = {}
         self._cluster: Any = None
         self.store: SeriesStore | None = None
+        self.rollups: RollupSelect | None = None
         self._engine: EngineProcess | None = None
         self._engine_lock = asyncio.Lock()
         self._client: aiohttp.ClientSession | None = None
@@ -119,11 +121,17 @@ class ReadApi:
             state = schema.check(session, self.cassandra.keyspace)
             # The table's own TTL is the retention (the config's ttl_days only creates it).
             self._retention = state.ttl_seconds or self.cassandra.ttl_days * 86400
-            return SeriesStore(session, self.cassandra.keyspace,
-                               retention_seconds=self._retention,
-                               max_series=self.config.max_series,
-                               concurrency=self.config.read_concurrency,
-                               cache_seconds=self.config.entities_cache_seconds)
+            store = SeriesStore(session, self.cassandra.keyspace,
+                                retention_seconds=self._retention,
+                                max_series=self.config.max_series,
+                                concurrency=self.config.read_concurrency,
+                                cache_seconds=self.config.entities_cache_seconds)
+            if self.config.rollups and tables_present(session, self.cassandra.keyspace):
+                self.rollups = RollupSelect(
+                    store, session, self.cassandra.keyspace,
+                    fresh_seconds=self.config.rollups_fresh_hours * 3600,
+                    concurrency=self.config.read_concurrency)
+            return store
 
         self.store = await asyncio.to_thread(open_store)
         internal = web.Application(client_max_size=1 << 20)
@@ -134,7 +142,9 @@ class ReadApi:
             binary, storage_url=f"http://127.0.0.1:{internal_port}/select", secret=self._secret,
             lookback_seconds=self.config.lookback_minutes * 60,
             timeout_seconds=self.config.query_timeout_seconds,
-            max_samples=self.config.max_samples, max_series=self.config.max_series)
+            max_samples=self.config.max_samples, max_series=self.config.max_series,
+            rollup_min_step_seconds=(self.config.rollups_min_step_hours * 3600
+                                     if self.rollups is not None else None))
         await self._engine.start()
         self._client = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(
             total=self.config.query_timeout_seconds + 30))
@@ -324,10 +334,14 @@ class ReadApi:
             raise web.HTTPForbidden(text="unknown scope")
         scope = self._scopes[token]
         select = SelectRequest.from_json(body)
-        store = self.store
+        store, rollups = self.store, self.rollups
         assert store is not None
+        wanted = RollupRequest.from_json(body) if rollups is not None else None
         try:
-            pieces = await asyncio.to_thread(lambda: list(store.select(select, scope)))
+            if wanted is not None and rollups is not None:
+                pieces = await asyncio.to_thread(lambda: list(rollups.select(wanted, scope)))
+            else:
+                pieces = await asyncio.to_thread(lambda: list(store.select(select, scope)))
         except Exception as exc:  # Cassandra unreachable, timeouts: one line to the caller
             self.metrics.selects.labels("error").inc()
             text = " ".join(str(exc).split())[:300]

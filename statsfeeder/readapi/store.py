@@ -123,6 +123,10 @@ class SeriesStore:
         self.refresh()
         return dict(self._catalog)
 
+    def entities(self) -> list[Entity]:
+        self.refresh()
+        return list(self._entities)
+
     def select(self, request: SelectRequest, scope: Scope) -> Iterator[bytes]:
         """The frame for one Select, in pieces; a limit overrun ends it with an error."""
         yield MAGIC

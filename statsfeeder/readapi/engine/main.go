@@ -35,6 +35,7 @@ type server struct {
 	store   *remoteStore
 	secret  string
 	timeout time.Duration
+	rollups rollupPolicy
 }
 
 func main() {
@@ -44,6 +45,8 @@ func main() {
 	timeout := flag.Duration("timeout", 2*time.Minute, "longest query evaluation")
 	maxSamples := flag.Int("max-samples", 50000000, "most samples one query may hold")
 	maxSeries := flag.Uint64("max-series", 0, "most series one query may load (0: no cap)")
+	rollups := flag.Bool("rollups", false, "answer whole-bucket range functions from roll-ups")
+	rollupMinStep := flag.Duration("rollup-min-step", time.Hour, "smallest step read from roll-ups")
 	flag.Parse()
 	secret := os.Getenv("STATSFEEDER_ENGINE_SECRET")
 	if secret == "" || *storageURL == "" {
@@ -64,7 +67,8 @@ func main() {
 	})
 	engine.SetQueryLimits(*maxSeries, 0, 0)
 	s := &server{engine: engine, parser: promParser, secret: secret, timeout: *timeout,
-		store: &remoteStore{url: *storageURL, secret: secret, client: &http.Client{}}}
+		rollups: rollupPolicy{enabled: *rollups, minStep: *rollupMinStep},
+		store:   &remoteStore{url: *storageURL, secret: secret, client: &http.Client{}}}
 	listener, err := net.Listen("tcp", *listen)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "statsfeeder-engine: %v\n", err)
@@ -234,7 +238,11 @@ func (s *server) query(r *http.Request) (any, annotations.Annotations, string, *
 		return nil, nil, "", badData(err.Error())
 	}
 	return s.run(r, func(ctx context.Context, q storage.Queryable) (promql.Query, error) {
-		return s.engine.NewInstantQuery(ctx, q, queryOpts(r), r.FormValue("query"), at)
+		text, err := s.rollups.planRollups(s.parser.ParseExpr, r.FormValue("query"), at, 0)
+		if err != nil {
+			return nil, err
+		}
+		return s.engine.NewInstantQuery(ctx, q, queryOpts(r), text, at)
 	})
 }
 
@@ -253,7 +261,12 @@ func (s *server) queryRange(r *http.Request) (any, annotations.Annotations, stri
 	}
 	interval := time.Duration(step * float64(time.Second))
 	return s.run(r, func(ctx context.Context, q storage.Queryable) (promql.Query, error) {
-		return s.engine.NewRangeQuery(ctx, q, queryOpts(r), r.FormValue("query"), start, end, interval)
+		text, err := s.rollups.planRollups(s.parser.ParseExpr, r.FormValue("query"), start,
+			interval)
+		if err != nil {
+			return nil, err
+		}
+		return s.engine.NewRangeQuery(ctx, q, queryOpts(r), text, start, end, interval)
 	})
 }
 

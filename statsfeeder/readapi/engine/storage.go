@@ -40,6 +40,7 @@ type selectRequest struct {
 	Matchers []matcherJSON `json:"matchers"`
 	Scope    string        `json:"scope"`
 	Limit    int           `json:"limit"`
+	Rollup   string        `json:"rollup,omitempty"`
 }
 
 type matcherJSON struct {
@@ -75,6 +76,16 @@ func (q *remoteQuerier) Select(ctx context.Context, _ bool, hints *storage.Selec
 		request.Step, request.Range, request.Func = hints.Step, hints.Range, hints.Func
 		request.Limit = hints.Limit
 	}
+	// The roll-up view the planner asked for (rollups.go) is no label of any series.
+	kept := make([]*labels.Matcher, 0, len(matchers))
+	for _, m := range matchers {
+		if m.Name == rollupLabel {
+			request.Rollup = m.Value
+			continue
+		}
+		kept = append(kept, m)
+	}
+	matchers = kept
 	for _, m := range matchers {
 		request.Matchers = append(request.Matchers,
 			matcherJSON{Type: m.Type.String(), Name: m.Name, Value: m.Value})
@@ -85,14 +96,16 @@ func (q *remoteQuerier) Select(ctx context.Context, _ bool, hints *storage.Selec
 	}
 	// The store pre-filters with Python's regular expressions; the engine's own matchers
 	// (RE2, fully anchored) decide.
-	kept := series[:0]
+	matching := series[:0]
 	for _, s := range series {
 		if matchesAll(s.lset, matchers) {
-			kept = append(kept, s)
+			matching = append(matching, s)
 		}
 	}
-	sort.Slice(kept, func(i, j int) bool { return labels.Compare(kept[i].lset, kept[j].lset) < 0 })
-	return &listSet{series: kept, index: -1}
+	sort.Slice(matching, func(i, j int) bool {
+		return labels.Compare(matching[i].lset, matching[j].lset) < 0
+	})
+	return &listSet{series: matching, index: -1}
 }
 
 func matchesAll(lset labels.Labels, matchers []*labels.Matcher) bool {

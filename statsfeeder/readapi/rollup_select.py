@@ -1,0 +1,216 @@
+"""Answers the engine's roll-up Selects: one synthetic sample per bucket, stamped at the
+bucket's end, holding the bucket's max, min, sum or sample count (the "view" the engine's
+planner chose, engine/rollups.go). A bucket ending at ``e`` covers the samples stamped in
+``(e-B, e]``, as the roll-up tables do (statsfeeder/rollups/compute.py), so a Prometheus 3
+window ``(t-R, t]`` with ``t`` and ``R`` whole buckets holds exactly the buckets it should.
+
+Buckets that ended more than ``fresh_seconds`` ago come from the roll-up table of the tier;
+newer ones (still being rolled up, or rolled up again when vCenter posts late) are folded
+from the raw samples here, so an answer reaching up to now stays equal to the raw one.
+Selection and tenant scope are the raw path's: the same entities, matchers and orgs.
+"""
+
+from __future__ import annotations
+
+import calendar
+import struct
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from statsfeeder.readapi.names import ENTITY_LABELS, series_labels
+from statsfeeder.readapi.store import (
+    END,
+    ERROR,
+    MAGIC,
+    Matcher,
+    Scope,
+    SelectRequest,
+    SeriesLimit,
+    SeriesStore,
+    encode_series,
+)
+from statsfeeder.rollups.schema import month_of_day, week_of_hour
+
+BUCKET_SECONDS = {"hourly": 3600, "daily": 86400}
+VIEWS = ("max", "min", "sum", "count")
+ROLLUP_TABLES = ("rollup_hourly", "rollup_daily")
+
+Series = tuple[dict[str, str], np.ndarray, np.ndarray]
+
+
+@dataclass(frozen=True)
+class RollupRequest:
+    tier: str
+    view: str
+    start_ms: int
+    end_ms: int
+    matchers: tuple[Matcher, ...]
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> RollupRequest | None:
+        """None: an ordinary (raw) Select."""
+        given = str(body.get("rollup") or "")
+        if not given:
+            return None
+        tier, _, view = given.partition(":")
+        if tier not in BUCKET_SECONDS or view not in VIEWS:
+            raise ValueError(f"unknown roll-up view {given!r}")
+        base = SelectRequest.from_json(body)
+        return cls(tier, view, base.start_ms, base.end_ms, base.matchers)
+
+
+def tables_present(session: Any, keyspace: str) -> bool:
+    rows = session.execute("SELECT table_name FROM system_schema.tables "
+                           "WHERE keyspace_name = %s", (keyspace,))
+    return set(ROLLUP_TABLES) <= {row.table_name for row in rows}
+
+
+class RollupSelect:
+    """Blocking (driver calls): run it in a worker thread, as ``SeriesStore``."""
+
+    def __init__(self, store: SeriesStore, session: Any, keyspace: str, *,
+                 fresh_seconds: int, concurrency: int = 32,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._store = store
+        self._session = session
+        self._fresh = fresh_seconds
+        self._concurrency = concurrency
+        self._clock = clock
+        figures = "metric, instance, {key}, min, max, sum, count"
+        self._reads = {
+            "hourly": session.prepare(
+                f"SELECT {figures.format(key='hour')} FROM {keyspace}.rollup_hourly "
+                "WHERE vm_id = ? AND week IN ? AND metric IN ? AND hour >= ? AND hour < ?"),
+            "daily": session.prepare(
+                f"SELECT {figures.format(key='day')} FROM {keyspace}.rollup_daily "
+                "WHERE vm_id = ? AND month IN ? AND metric IN ? AND day >= ? AND day < ?"),
+        }
+
+    def select(self, request: RollupRequest, scope: Scope) -> Iterator[bytes]:
+        """The frame for one Select, as ``SeriesStore.select`` makes it."""
+        yield MAGIC
+        try:
+            for labels, stamps, values in self.series(request, scope):
+                yield encode_series(labels, stamps, values)
+        except SeriesLimit as exc:
+            message = str(exc).encode()
+            yield struct.pack("<II", ERROR, len(message)) + message
+            return
+        yield END
+
+    def series(self, request: RollupRequest, scope: Scope) -> Iterator[Series]:
+        size = BUCKET_SECONDS[request.tier]
+        first_end = -(-request.start_ms // (size * 1000)) * size
+        last_end = request.end_ms // (size * 1000) * size
+        settled = int(self._clock() - self._fresh) // size * size
+        found: dict[tuple[tuple[str, str], ...], tuple[dict[str, str], list[np.ndarray],
+                                                       list[np.ndarray]]] = {}
+
+        def add(labels: dict[str, str], stamps: np.ndarray, values: np.ndarray) -> None:
+            key = tuple(sorted(labels.items()))
+            if key not in found:
+                if len(found) >= self._store.max_series:
+                    raise SeriesLimit(f"query selects more than {self._store.max_series} "
+                                      "series (read_api.max_series); narrow the selector")
+                found[key] = (labels, [], [])
+            found[key][1].append(stamps)
+            found[key][2].append(values)
+
+        if first_end <= min(last_end, settled):
+            for labels, stamps, values in self._stored(request, scope, first_end,
+                                                       min(last_end, settled)):
+                add(labels, stamps, values)
+        raw_first = max(first_end, settled + size)
+        if raw_first <= last_end:
+            raw = SelectRequest((raw_first - size) * 1000 + 1, last_end * 1000,
+                                request.matchers)
+            for labels, stamps, values in self._store.series(raw, scope):
+                ends, figures = fold_raw(stamps, values, size, request.view)
+                add(labels, ends, figures)
+        for labels, stamp_parts, value_parts in found.values():
+            yield labels, np.concatenate(stamp_parts), np.concatenate(value_parts)
+
+    def _stored(self, request: RollupRequest, scope: Scope, first_end: int, last_end: int
+                ) -> Iterator[Series]:
+        """Buckets ending in [first_end, last_end] from the roll-up table."""
+        store = self._store
+        store.refresh()
+        checks = [(m.name, m.compile()) for m in request.matchers]
+        known = {"__name__", *ENTITY_LABELS, "device"}
+        if any(name not in known and not check("") for name, check in checks):
+            return
+        wanted = {m.metric: m for name, m in store.metrics().items()
+                  if all(check(name) for label, check in checks if label == "__name__")}
+        entity_checks = [(n, c) for n, c in checks if n in ENTITY_LABELS]
+        vms = [(e, e.labels()) for e in store.entities()
+               if scope is None or (e.org and e.org in scope)]
+        vms = [(e, labels) for e, labels in vms
+               if all(check(labels.get(name, "")) for name, check in entity_checks)]
+        if not wanted or not vms:
+            return
+        size = BUCKET_SECONDS[request.tier]
+        first, end = first_end // size - 1, last_end // size  # bucket numbers [first, end)
+        if request.tier == "hourly":
+            parts = list(range(week_of_hour(first), week_of_hour(end - 1) + 1))
+            low, high = first * 3600_000, end * 3600_000
+        else:
+            parts = list(range(month_of_day(first), month_of_day(end - 1) + 1))
+            low, high = first, end
+        statement = self._reads[request.tier]
+        metrics = sorted(wanted)
+        params = [(e.vm, parts, metrics, low, high)
+                  for e, _ in vms]
+        for (_, labels), rows in zip(vms, self._execute(statement, params), strict=True):
+            per_series: dict[tuple[str, str], tuple[list[int], list[float]]] = {}
+            for row in rows:
+                start = (calendar.timegm(row.hour.utctimetuple()) if request.tier == "hourly"
+                         else row.day * 86400)
+                info = wanted[row.metric]
+                value = (float(row.count) if request.view == "count"
+                         else float(getattr(row, request.view)) * info.scale)
+                stamps, values = per_series.setdefault((row.metric, row.instance), ([], []))
+                stamps.append(start + size)
+                values.append(value)
+            for (metric, instance), (stamps, values) in sorted(per_series.items()):
+                full = series_labels(wanted[metric].name, labels, instance)
+                if not all(check(full.get(name, "")) for name, check in checks):
+                    continue
+                order = np.argsort(stamps, kind="stable")
+                yield (full, np.asarray(stamps, dtype=np.int64)[order],
+                       np.asarray(values, dtype=np.float64)[order])
+
+    def _execute(self, statement: Any, params: list[tuple[Any, ...]]) -> Iterator[list[Any]]:
+        """Rows of each request, in order, with at most ``concurrency`` in flight."""
+        futures: list[Any] = []
+        position = 0
+        for index in range(len(params)):
+            while position < len(params) and position < index + self._concurrency:
+                futures.append(self._session.execute_async(statement, params[position]))
+                position += 1
+            future = futures[index]
+            futures[index] = None
+            yield list(future.result())
+
+
+def fold_raw(stamps: np.ndarray, values: np.ndarray, size: int, view: str
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Raw samples (ascending) into one figure per bucket of ``size`` seconds, stamped at
+    the bucket's end: the same figure the roll-up worker stores."""
+    if stamps.size == 0:
+        return stamps, values
+    ends = ((stamps - 1) // size + 1) * size
+    bounds = np.flatnonzero(np.diff(ends)) + 1
+    firsts = np.concatenate(([0], bounds))
+    if view == "max":
+        figures = np.maximum.reduceat(values, firsts)
+    elif view == "min":
+        figures = np.minimum.reduceat(values, firsts)
+    elif view == "sum":
+        figures = np.add.reduceat(values, firsts)
+    else:
+        figures = np.diff(np.concatenate((firsts, [stamps.size]))).astype(np.float64)
+    return ends[firsts], figures.astype(np.float64)
