@@ -126,7 +126,10 @@ class ReadApi:
                                 max_series=self.config.max_series,
                                 concurrency=self.config.read_concurrency,
                                 cache_seconds=self.config.entities_cache_seconds)
-            if self.config.rollups and tables_present(session, self.cassandra.keyspace):
+            # Roll-ups that no worker writes (cassandra.rollups.enabled: false) would answer
+            # with holes: the raw samples answer everything then.
+            if self.config.rollups and self.cassandra.rollups.enabled and tables_present(
+                    session, self.cassandra.keyspace):
                 self.rollups = RollupSelect(
                     store, session, self.cassandra.keyspace,
                     fresh_seconds=self.config.rollups_fresh_hours * 3600,
