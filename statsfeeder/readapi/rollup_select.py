@@ -6,13 +6,14 @@ window ``(t-R, t]`` with ``t`` and ``R`` whole buckets holds exactly the buckets
 
 Buckets that ended more than ``fresh_seconds`` ago come from the roll-up table of the tier;
 newer ones (still being rolled up, or rolled up again when vCenter posts late) are folded
-from the raw samples here, so an answer reaching up to now stays equal to the raw one.
+from the raw samples here, so an answer reaching up to now stays equal to the raw one. So are
+all buckets from the oldest hour that still has roll-up marks (a worker behind, or stopped):
+those hours' rows are not written yet, their raw samples are.
 Selection and tenant scope are the raw path's: the same entities, matchers and orgs.
 """
 
 from __future__ import annotations
 
-import calendar
 import struct
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -33,10 +34,12 @@ from statsfeeder.readapi.store import (
     SeriesStore,
     encode_series,
 )
-from statsfeeder.rollups.schema import month_of_day, week_of_hour
+from statsfeeder.rollups.schema import DIRTY_SHARDS, month_of_day, week_of_hour
 
 BUCKET_SECONDS = {"hourly": 3600, "daily": 86400}
 VIEWS = ("max", "min", "sum", "count")
+MARKS_CACHE_SECONDS = 30.0
+"""How long the oldest pending roll-up hour is reused (one read per hour and shard)."""
 ROLLUP_TABLES = ("rollup_hourly", "rollup_daily")
 
 Series = tuple[dict[str, str], np.ndarray, np.ndarray]
@@ -73,22 +76,32 @@ class RollupSelect:
     """Blocking (driver calls): run it in a worker thread, as ``SeriesStore``."""
 
     def __init__(self, store: SeriesStore, session: Any, keyspace: str, *,
-                 fresh_seconds: int, concurrency: int = 32,
+                 fresh_seconds: int, scan_hours: int, concurrency: int = 32,
                  clock: Callable[[], float] = time.time) -> None:
+        """``scan_hours``: how far back the worker looks for marks (cassandra.rollups)."""
         self._store = store
         self._session = session
         self._fresh = fresh_seconds
+        self._scan_hours = scan_hours
         self._concurrency = concurrency
         self._clock = clock
-        figures = "metric, instance, {key}, min, max, sum, count"
-        self._reads = {
-            "hourly": session.prepare(
-                f"SELECT {figures.format(key='hour')} FROM {keyspace}.rollup_hourly "
-                "WHERE vm_id = ? AND week IN ? AND metric IN ? AND hour >= ? AND hour < ?"),
-            "daily": session.prepare(
-                f"SELECT {figures.format(key='day')} FROM {keyspace}.rollup_daily "
-                "WHERE vm_id = ? AND month IN ? AND metric IN ? AND day >= ? AND day < ?"),
-        }
+        self._pending: tuple[float, int | None] = (-1e18, None)
+        self._marks = session.prepare(f"SELECT vm_id FROM {keyspace}.rollup_dirty "
+                                      "WHERE hour = ? AND shard = ? LIMIT 1")
+        self._keyspace = keyspace
+        self._reads: dict[tuple[str, str], Any] = {}
+
+    def _read(self, tier: str, view: str) -> Any:
+        """The prepared read of one tier and figure: only that column, the bucket as an
+        integer (the driver's per-row cost is most of a roll-up Select's)."""
+        if (tier, view) not in self._reads:
+            table, part, key, at = (
+                ("rollup_hourly", "week", "hour", "toUnixTimestamp(hour)") if tier == "hourly"
+                else ("rollup_daily", "month", "day", "day"))
+            self._reads[(tier, view)] = self._session.prepare(
+                f"SELECT metric, instance, {at}, {view} FROM {self._keyspace}.{table} "
+                f"WHERE vm_id = ? AND {part} IN ? AND metric IN ? AND {key} >= ? AND {key} < ?")
+        return self._reads[(tier, view)]
 
     def select(self, request: RollupRequest, scope: Scope) -> Iterator[bytes]:
         """The frame for one Select, as ``SeriesStore.select`` makes it."""
@@ -106,7 +119,13 @@ class RollupSelect:
         size = BUCKET_SECONDS[request.tier]
         first_end = -(-request.start_ms // (size * 1000)) * size
         last_end = request.end_ms // (size * 1000) * size
-        settled = int(self._clock() - self._fresh) // size * size
+        now = self._clock()
+        settled = int(now - self._fresh) // size * size
+        # Marks live scan_hours: a range that ends before them has nothing pending.
+        if min(last_end, settled) > now - self._scan_hours * 3600 - size:
+            pending = self.oldest_pending_hour()
+            if pending is not None:
+                settled = min(settled, pending * 3600 // size * size)
         found: dict[tuple[tuple[str, str], ...], tuple[dict[str, str], list[np.ndarray],
                                                        list[np.ndarray]]] = {}
 
@@ -134,6 +153,23 @@ class RollupSelect:
         for labels, stamp_parts, value_parts in found.values():
             yield labels, np.concatenate(stamp_parts), np.concatenate(value_parts)
 
+    def oldest_pending_hour(self) -> int | None:
+        """The oldest hour with roll-up marks older than the fresh hours (None: none)."""
+        checked, hour = self._pending
+        if time.monotonic() - checked < MARKS_CACHE_SECONDS:
+            return hour
+        now = self._clock()
+        last = int(now - self._fresh) // 3600
+        hours = range(int(now) // 3600 - self._scan_hours, last)
+        params = [(h * 3600_000, shard) for h in hours for shard in range(DIRTY_SHARDS)]
+        found = None
+        for (h, _), rows in zip(params, self._execute(self._marks, params), strict=True):
+            if rows:
+                found = h // 3600_000
+                break
+        self._pending = (time.monotonic(), found)
+        return found
+
     def _stored(self, request: RollupRequest, scope: Scope, first_end: int, last_end: int
                 ) -> Iterator[Series]:
         """Buckets ending in [first_end, last_end] from the roll-up table."""
@@ -160,28 +196,24 @@ class RollupSelect:
         else:
             parts = list(range(month_of_day(first), month_of_day(end - 1) + 1))
             low, high = first, end
-        statement = self._reads[request.tier]
+        statement = self._read(request.tier, request.view)
         metrics = sorted(wanted)
-        params = [(e.vm, parts, metrics, low, high)
-                  for e, _ in vms]
+        params = [(e.vm, parts, metrics, low, high) for e, _ in vms]
         for (_, labels), rows in zip(vms, self._execute(statement, params), strict=True):
-            per_series: dict[tuple[str, str], tuple[list[int], list[float]]] = {}
-            for row in rows:
-                start = (calendar.timegm(row.hour.utctimetuple()) if request.tier == "hourly"
-                         else row.day * 86400)
-                info = wanted[row.metric]
-                value = (float(row.count) if request.view == "count"
-                         else float(getattr(row, request.view)) * info.scale)
-                stamps, values = per_series.setdefault((row.metric, row.instance), ([], []))
-                stamps.append(start + size)
-                values.append(value)
-            for (metric, instance), (stamps, values) in sorted(per_series.items()):
-                full = series_labels(wanted[metric].name, labels, instance)
+            per_series: dict[tuple[str, str], list[tuple[int, int]]] = {}
+            for metric, instance, at, figure in rows:
+                per_series.setdefault((metric, instance), []).append((at, figure))
+            for (metric, instance), pairs in sorted(per_series.items()):
+                info = wanted[metric]
+                full = series_labels(info.name, labels, instance)
                 if not all(check(full.get(name, "")) for name, check in checks):
                     continue
-                order = np.argsort(stamps, kind="stable")
-                yield (full, np.asarray(stamps, dtype=np.int64)[order],
-                       np.asarray(values, dtype=np.float64)[order])
+                table = np.array(pairs, dtype=np.int64)
+                table = table[np.argsort(table[:, 0], kind="stable")]
+                starts = table[:, 0] // 1000 if request.tier == "hourly" else table[:, 0] * size
+                values = table[:, 1].astype(np.float64)
+                yield (full, starts + size,
+                       values if request.view == "count" else values * info.scale)
 
     def _execute(self, statement: Any, params: list[tuple[Any, ...]]) -> Iterator[list[Any]]:
         """Rows of each request, in order, with at most ``concurrency`` in flight."""

@@ -133,6 +133,7 @@ class ReadApi:
                 self.rollups = RollupSelect(
                     store, session, self.cassandra.keyspace,
                     fresh_seconds=self.config.rollups_fresh_hours * 3600,
+                    scan_hours=self.cassandra.rollups.scan_hours,
                     concurrency=self.config.read_concurrency)
             return store
 

@@ -196,6 +196,25 @@ def test_only_whole_bucket_queries_read_the_roll_ups(sink: CassandraSink,
     assert answer.status_code == 400 and "reserved" in answer.json()["error"]
 
 
+def test_hours_the_worker_has_not_rolled_up_yet_are_read_raw(sink: CassandraSink) -> None:
+    """A mark left on an hour (the worker behind or stopped): from that hour on the buckets
+    are folded from raw, so the stale row is not served."""
+    hour, at = D + 5 * H, D + 6 * H
+    query = f'max_over_time({MHZ}{{vm="{ALWAYS.vm}"}}[1h])'
+    ks = sink.config.keyspace
+    with tampered(sink, ALWAYS, hour, 987_654_321) as real:
+        sink.session.execute(f"INSERT INTO {ks}.rollup_dirty (hour, shard, vm_id, org, vdc, "
+                             "vapp) VALUES (%s, 3, %s, 'org1', 'vdc1', 'vapp1')",
+                             (hour * 1000, ALWAYS.vm))
+        try:
+            with served(sink, rollups_fresh_hours=0) as url:
+                got = matrix(url, query, at - 2 * H, at, H)
+        finally:
+            sink.session.execute(f"DELETE FROM {ks}.rollup_dirty WHERE hour = %s AND shard = 3",
+                                 (hour * 1000,))
+        assert dict(next(iter(got.values())))[at] == real
+
+
 async def only_org1(request: web.Request) -> Scope:
     return frozenset({"org1"})
 
