@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from statsfeeder.readapi.decode import decode_windows
+from statsfeeder.readapi.index import IndexReader
 from statsfeeder.readapi.names import (
     ENTITY_LABELS,
     Entity,
@@ -96,6 +97,8 @@ class SeriesStore:
         self._loaded_at = -1e18
         self._entities: list[Entity] = []
         self._catalog: dict[str, StoredMetric] = {}
+        self._index = IndexReader(session, keyspace)
+        self._since: int | None = None
         self._read = session.prepare(
             f"SELECT vm_id, metric, instance, window_start, data FROM {keyspace}.samples "
             "WHERE vm_id IN ? AND day = ? AND metric IN ? AND window_start >= ? "
@@ -117,6 +120,7 @@ class SeriesStore:
                         r.vcenter or "", r.moref or "") for r in rows), key=lambda e: e.vm)
             self._catalog = catalog((r.metric, r.unit, r.scale) for r in self._session.execute(
                 f"SELECT metric, unit, scale FROM {ks}.metrics"))
+            self._since = self._index.indexed_from()
             self._loaded_at = time.monotonic()
 
     def metrics(self) -> dict[str, StoredMetric]:
@@ -163,16 +167,31 @@ class SeriesStore:
         days = range((first_s - STORAGE_WINDOW) // 86400, last_s // 86400 + 1)
         by_metric = {m.metric: m for m in wanted}
         metric_list = sorted(by_metric)
+        plan = self._index.plan(self._since, days, first_s, last_s, {e.vm for e, _ in vms},
+                                by_metric)
+        scan = set(plan.scan_days)
+        # Indexed days: only the VM-days with samples in range are read, and a metadata
+        # answer (series_only) reads none: the index lists the series.
+        reads = {} if request.series_only else plan.reads
+        listed = plan.listed if request.series_only else {}
+        vms = [(e, labels) for e, labels in vms if scan or e.vm in plan.reads]
         # One request per batch of VMs and day: the driver's cost is per request.
         batches = [vms[i:i + VM_BATCH] for i in range(0, len(vms), VM_BATCH)]
-        params = [([e.vm for e, _ in batch], day, metric_list,
-                    (first_s - STORAGE_WINDOW) * 1000, last_s * 1000)
-                  for batch in batches for day in days]
+        params: list[tuple[Any, ...]] = []
+        requests_per_batch: list[int] = []
+        for batch in batches:
+            before = len(params)
+            for day in days:
+                ids = [e.vm for e, _ in batch if day in scan or day in reads.get(e.vm, ())]
+                if ids:
+                    params.append((ids, day, metric_list, (first_s - STORAGE_WINDOW) * 1000,
+                                   last_s * 1000))
+            requests_per_batch.append(len(params) - before)
         count = 0
         results = self._execute(params)
-        for batch in batches:
+        for batch, requests in zip(batches, requests_per_batch, strict=True):
             parts: dict[str, dict[tuple[str, str], tuple[list[int], list[bytes]]]] = {}
-            for _ in days:
+            for _ in range(requests):
                 for row in next(results):
                     start = calendar.timegm(row.window_start.utctimetuple())
                     found = parts.setdefault(row.vm_id, {})
@@ -184,13 +203,17 @@ class SeriesStore:
                     starts.append(start)
                     blobs.append(row.data)
             for entity, labels in batch:
-                for (metric, instance), (starts, blobs) in sorted(
-                        parts.get(entity.vm, {}).items()):
+                found = parts.get(entity.vm, {})
+                indexed = listed.get(entity.vm, set())
+                for key in sorted(found.keys() | indexed):
+                    metric, instance = key
                     info = by_metric[metric]
-                    stamps, raw = decode_windows(starts, blobs)
-                    keep = (stamps >= first_s) & (stamps <= last_s)
-                    if not keep.any():
-                        continue
+                    if key not in indexed:
+                        starts, blobs = found[key]
+                        stamps, raw = decode_windows(starts, blobs)
+                        keep = (stamps >= first_s) & (stamps <= last_s)
+                        if not keep.any():
+                            continue
                     full = series_labels(info.name, labels, instance)
                     if not all(check(full.get(name, "")) for name, check in checks):
                         continue
@@ -199,7 +222,7 @@ class SeriesStore:
                         raise SeriesLimit(f"query selects more than {self.max_series} series "
                                           "(read_api.max_series); narrow the selector")
                     if request.series_only:
-                        yield full, stamps[:0], np.empty(0)
+                        yield full, np.empty(0, dtype=np.int64), np.empty(0)
                         continue
                     yield full, stamps[keep], raw[keep].astype(np.float64) * info.scale
 

@@ -17,6 +17,7 @@ from typing import Any
 from statsfeeder.config import CassandraConfig, Replication
 from statsfeeder.errors import ConfigError, SchemaMismatch
 from statsfeeder.rollups import schema as rollups
+from statsfeeder.sinks.cassandra import series_index
 
 SCHEMA_VERSION = 1
 
@@ -30,6 +31,7 @@ EXPECTED_COLUMNS: dict[str, dict[str, str]] = {
                    "last_sample": "timestamp"},
     "leases": {"name": "text", "owner": "text", "acquired": "timestamp"},
     "schema_info": {"key": "text", "version": "int"},
+    **series_index.EXPECTED_COLUMNS,
     **rollups.EXPECTED_COLUMNS,
 }
 
@@ -65,6 +67,8 @@ def tables_cql(config: CassandraConfig) -> list[str]:
         f"""CREATE TABLE IF NOT EXISTS {ks}.leases (
             name text PRIMARY KEY, owner text, acquired timestamp)""",
         f"""CREATE TABLE IF NOT EXISTS {ks}.schema_info (key text PRIMARY KEY, version int)""",
+        # Which VMs and series have samples per day and hour (series_index.py).
+        series_index.table_cql(ks, ttl),
         *rollups.tables_cql(config),
     ]
 
@@ -85,7 +89,8 @@ class SchemaState:
         lines = [f"replication: {self.replication}", f"samples TTL: {ttl}",
                  f"schema version: {self.version}"]
         lines += [f"{table} TTL: {seconds / 86400:g} days" for table, seconds in self.table_ttls
-                  if table.startswith("rollup_") and table != "rollup_dirty"]
+                  if (table.startswith("rollup_") and table != "rollup_dirty")
+                  or table == series_index.TABLE]
         lines += [f"problem: {p}" for p in self.problems]
         return "\n".join(lines)
 
@@ -134,12 +139,26 @@ def create(session: Any, config: CassandraConfig) -> SchemaState:
     if before.exists and differs:
         raise SchemaMismatch(f"schema: keyspace {config.keyspace} exists but differs: "
                              f"{differs[0]}")
+    fresh = not before.exists or f"table {config.keyspace}.samples is missing" in before.problems
     session.execute(keyspace_cql(config))
     for statement in tables_cql(config):
         session.execute(statement)
     session.execute(f"INSERT INTO {config.keyspace}.schema_info (key, version) "
                     f"VALUES ('statsfeeder', {SCHEMA_VERSION})")
+    if fresh:  # no sample was ever written without its index entry
+        series_index.mark_indexed_from(session, config.keyspace, 0)
+    _align_index_ttl(session, config.keyspace, inspect(session, config.keyspace))
     return inspect(session, config.keyspace)
+
+
+def _align_index_ttl(session: Any, keyspace: str, state: SchemaState) -> list[str]:
+    """The index outlives the samples by a day (series_index.py), whatever created either."""
+    wanted = series_index.index_ttl(state.ttl_seconds)
+    if state.ttl_seconds is None or dict(state.table_ttls).get(series_index.TABLE) == wanted:
+        return []
+    session.execute(f"ALTER TABLE {keyspace}.{series_index.TABLE} "
+                    f"WITH default_time_to_live = {wanted}")
+    return [f"series_index TTL {wanted / 86400:g} days (the samples' and one)"]
 
 
 def replicas(replication: Mapping[str, str]) -> dict[str, int]:
@@ -181,12 +200,14 @@ def update(session: Any, config: CassandraConfig, *, ttl: bool, replication: boo
     if not state.exists:
         raise SchemaMismatch(f"schema: keyspace {config.keyspace} does not exist; "
                              "run 'statsfeeder schema create' first")
-    for statement in tables_cql(config):  # tables added since (the roll-ups): created
+    added = [p for p in state.problems if p.startswith("table ")]
+    for statement in tables_cql(config):  # tables added since (roll-ups, index): created
         session.execute(statement)
     state = inspect(session, config.keyspace)
     if state.problems:
         raise SchemaMismatch(f"schema: {state.problems[0]}")
-    notes: list[str] = []
+    notes: list[str] = [f"created {p.split()[1]}" for p in added]
+    notes += _align_index_ttl(session, config.keyspace, state)
     if replication:
         before, after = replicas(state.replication), wanted_replicas(config.replication)
         change = f"{describe_replicas(before)} -> {describe_replicas(after)}"
@@ -214,6 +235,8 @@ def update(session: Any, config: CassandraConfig, *, ttl: bool, replication: boo
             notes.append(f"samples TTL {_days(state.ttl_seconds)} -> {config.ttl_days} days "
                          "for rows written from now on (running services too); existing rows "
                          "keep theirs")
+            notes += _align_index_ttl(session, config.keyspace,
+                                      inspect(session, config.keyspace))
     if rollup_ttls:
         current = dict(state.table_ttls)
         for table, seconds in rollups.table_ttls(config).items():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import calendar
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -13,7 +14,7 @@ from cassandra.query import BatchStatement, BatchType
 
 from statsfeeder.config import CassandraConfig
 from statsfeeder.model import Counter, Series, VirtualMachine, WriteResult
-from statsfeeder.sinks.cassandra import schema
+from statsfeeder.sinks.cassandra import schema, series_index
 from statsfeeder.sinks.cassandra.session import connect
 from statsfeeder.sinks.cassandra.writer import CassandraWriter
 
@@ -40,6 +41,9 @@ class CassandraSink:
             log.warning("%s", mismatch)
         ks = self.config.keyspace
         self._session.set_keyspace(ks)
+        # A keyspace older than the index: every day from tomorrow has all its entries (today
+        # may hold samples written without); the read API scans the days before.
+        series_index.mark_indexed_from(self._session, ks, int(time.time()) // 86400 + 1)
         self._writer = CassandraWriter(self._session, self.config)
         self._entity_insert = self._session.prepare(
             f"INSERT INTO {ks}.entities (vm_id, name, vapp, vdc, org, vcenter, moref, updated) "

@@ -20,6 +20,7 @@ from statsfeeder.config import CassandraConfig
 from statsfeeder.errors import BatchRejected, SinkUnavailable
 from statsfeeder.model import Series, WriteResult
 from statsfeeder.sinks.cassandra.encoder import encode_window, windows
+from statsfeeder.sinks.cassandra.series_index import IndexWriter, entries
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ class CassandraWriter:
             "(vm_id, day, metric, instance, window_start, data) VALUES (?, ?, ?, ?, ?, ?)")
         self._slots = asyncio.Semaphore(config.max_in_flight)
         self.in_flight = 0
+        self._index = IndexWriter(session, config.keyspace)
 
     def rows(self, series: Iterable[Series]) -> dict[tuple[str, int], list[tuple[Any, ...]]]:
         """Encode series into rows grouped by partition (VM, day)."""
@@ -64,6 +66,11 @@ class CassandraWriter:
 
     async def write(self, series: list[Series]) -> WriteResult:
         partitions = self.rows(series)
+        # The index entries first: a window Cassandra holds is always findable by the read API.
+        new = self._index.news(entries(partitions))
+        if new:
+            await asyncio.gather(*(self.execute(s) for s in self._index.statements(new)))
+            self._index.remember(new)
         statements: list[Any] = []
         row_count = 0
         for rows in partitions.values():
