@@ -10,12 +10,20 @@ by versions without the index), or every day when there is no marker, are scanne
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from statsfeeder.sinks.cassandra.series_index import MARKER, SHARDS, TABLE, split_key
+from statsfeeder.sinks.cassandra.series_index import MARKER, SHARDS, TABLE, shard_of, split_key
 from statsfeeder.sources.vcenter.query import STORAGE_WINDOW
+
+CACHE_ROWS = 500_000
+"""VM-days of index kept in memory at most (about 200 B each)."""
+FEW_VMS = 16
+"""Up to this many VMs in question, their rows are read by key (one request each: 3.11
+refuses ``vm_id IN`` beside a collection) instead of the whole day."""
 
 
 @dataclass
@@ -35,12 +43,26 @@ def hours_of(day: int, first_s: int, last_s: int) -> set[int]:
     return set(range(max(0, low // 3600), min(23, high // 3600) + 1))
 
 
+Entry = tuple[str, frozenset[int], tuple[tuple[str, str], ...]]
+"""One VM-day of the index: VM, hours with a window start, (metric, instance) pairs."""
+
+
 class IndexReader:
-    def __init__(self, session: Any, keyspace: str) -> None:
+    """Reads the index for a Select. Days read whole are kept ``cache_seconds`` for
+    metadata answers (series_only: as current as the entities list they are joined with);
+    a Select of samples always reads the index afresh, so new data is never skipped."""
+
+    def __init__(self, session: Any, keyspace: str, cache_seconds: float = 0.0) -> None:
         self._session = session
         self._keyspace = keyspace
+        self._cache_seconds = cache_seconds
+        self._cache: dict[int, tuple[float, list[Entry]]] = {}
+        self._lock = threading.Lock()
         self._read = session.prepare(
-            f"SELECT vm_id, hours, series FROM {keyspace}.{TABLE} WHERE day = ? AND shard IN ?")
+            f"SELECT vm_id, hours, series FROM {keyspace}.{TABLE} WHERE day = ? AND shard = ?")
+        self._read_vms = session.prepare(
+            f"SELECT vm_id, hours, series FROM {keyspace}.{TABLE} WHERE day = ? AND shard = ? "
+            "AND vm_id = ?")
 
     def indexed_from(self) -> int | None:
         rows = list(self._session.execute(
@@ -48,26 +70,63 @@ class IndexReader:
         return int(rows[0].version) if rows and rows[0].version is not None else None
 
     def plan(self, since: int | None, days: Iterable[int], first_s: int, last_s: int,
-             vms: Collection[str], metrics: Collection[str]) -> Plan:
+             vms: Collection[str], metrics: Collection[str], cached: bool = False) -> Plan:
         days = list(days)
         if since is None:
             return Plan(days)
         plan = Plan([day for day in days if day < since])
-        indexed = [day for day in days if day >= since]
-        shards = list(range(SHARDS))
-        futures = [(day, self._session.execute_async(self._read, (day, shards)))
-                   for day in indexed]
-        for day, future in futures:
+        indexed = [day for day in days if day >= since and hours_of(day, first_s, last_s)]
+        for day, entries in self._entries(indexed, vms, cached):
             wanted_hours = hours_of(day, first_s, last_s)
-            if not wanted_hours:
-                continue
-            for row in future.result():
-                if row.vm_id not in vms or not row.hours or not row.series or \
-                        wanted_hours.isdisjoint(row.hours):
+            for vm, hours, keys in entries:
+                if vm not in vms or wanted_hours.isdisjoint(hours):
                     continue
-                keys = [key for key in map(split_key, row.series) if key[0] in metrics]
-                if not keys:
-                    continue
-                plan.reads.setdefault(row.vm_id, set()).add(day)
-                plan.listed.setdefault(row.vm_id, set()).update(keys)
+                present = [key for key in keys if key[0] in metrics]
+                if present:
+                    plan.reads.setdefault(vm, set()).add(day)
+                    plan.listed.setdefault(vm, set()).update(present)
         return plan
+
+    def _entries(self, days: list[int], vms: Collection[str], cached: bool
+                 ) -> list[tuple[int, list[Entry]]]:
+        split: dict[str, tuple[str, str]] = {}  # a few distinct series names, many rows
+
+        def parse(rows: Iterable[Any]) -> list[Entry]:
+            out = []
+            for row in rows:
+                if row.hours and row.series:
+                    keys = []
+                    for text in row.series:
+                        key = split.get(text)
+                        if key is None:
+                            key = split[text] = split_key(text)
+                        keys.append(key)
+                    out.append((row.vm_id, frozenset(row.hours), tuple(keys)))
+            return out
+
+        if len(vms) <= FEW_VMS:  # e.g. one VM's dashboard: not the whole fleet's rows
+            by_key = [(day, self._session.execute_async(self._read_vms,
+                                                        (day, shard_of(vm), vm)))
+                      for day in days for vm in sorted(vms)]
+            return [(day, parse(future.result())) for day, future in by_key]
+        now = time.monotonic()
+        found: list[tuple[int, list[Entry]]] = []
+        missing: list[int] = []
+        with self._lock:
+            for day in days:
+                hit = self._cache.get(day)
+                if cached and hit is not None and now - hit[0] < self._cache_seconds:
+                    found.append((day, hit[1]))
+                else:
+                    missing.append(day)
+        # A request per shard: in parallel, where one per day would page in turn.
+        pending = [(day, [self._session.execute_async(self._read, (day, shard))
+                          for shard in range(SHARDS)]) for day in missing]
+        for day, futures in pending:
+            entries = [entry for future in futures for entry in parse(future.result())]
+            found.append((day, entries))
+            with self._lock:
+                if sum(len(e) for _, e in self._cache.values()) + len(entries) > CACHE_ROWS:
+                    self._cache.clear()
+                self._cache[day] = (now, entries)
+        return found

@@ -12,13 +12,13 @@ series they could match.
 
 from __future__ import annotations
 
-import calendar
 import re
 import struct
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -42,6 +42,7 @@ END = struct.pack("<I", 0xFFFFFFFF)
 ERROR = 0xFFFFFFFE
 VM_BATCH = 16
 """VMs per read request (their partitions for one day): fewer, larger requests."""
+PIECE_BYTES = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -95,12 +96,14 @@ class SeriesStore:
         self._cache_seconds = cache_seconds
         self._lock = threading.Lock()
         self._loaded_at = -1e18
-        self._entities: list[Entity] = []
+        self._entities: list[tuple[Entity, dict[str, str]]] = []
         self._catalog: dict[str, StoredMetric] = {}
-        self._index = IndexReader(session, keyspace)
+        self._index = IndexReader(session, keyspace, cache_seconds)
         self._since: int | None = None
         self._read = session.prepare(
-            f"SELECT vm_id, metric, instance, window_start, data FROM {keyspace}.samples "
+            # Window starts as integers: a datetime per row costs more than decoding its blob.
+            f"SELECT vm_id, metric, instance, toUnixTimestamp(window_start) AS start_ms, data "
+            f"FROM {keyspace}.samples "
             "WHERE vm_id IN ? AND day = ? AND metric IN ? AND window_start >= ? "
             "AND window_start <= ?")
 
@@ -115,9 +118,10 @@ class SeriesStore:
             ks = self._keyspace
             rows = self._session.execute(
                 f"SELECT vm_id, name, vapp, vdc, org, vcenter, moref FROM {ks}.entities")
-            self._entities = sorted(
+            entities = sorted(
                 (Entity(r.vm_id, r.name or "", r.vapp or "", r.vdc or "", r.org or "",
                         r.vcenter or "", r.moref or "") for r in rows), key=lambda e: e.vm)
+            self._entities = [(e, e.labels()) for e in entities]
             self._catalog = catalog((r.metric, r.unit, r.scale) for r in self._session.execute(
                 f"SELECT metric, unit, scale FROM {ks}.metrics"))
             self._since = self._index.indexed_from()
@@ -133,15 +137,21 @@ class SeriesStore:
 
     def select(self, request: SelectRequest, scope: Scope) -> Iterator[bytes]:
         """The frame for one Select, in pieces; a limit overrun ends it with an error."""
-        yield MAGIC
+        pending = [MAGIC]
+        size = 0
         try:
             for labels, stamps, values in self.series(request, scope):
-                yield encode_series(labels, stamps, values)
+                piece = encode_series(labels, stamps, values)
+                pending.append(piece)
+                size += len(piece)
+                if size >= PIECE_BYTES:  # few, larger writes to the engine
+                    yield b"".join(pending)
+                    pending, size = [], 0
         except SeriesLimit as exc:
             message = str(exc).encode()
-            yield struct.pack("<II", ERROR, len(message)) + message
+            yield b"".join(pending) + struct.pack("<II", ERROR, len(message)) + message
             return
-        yield END
+        yield b"".join(pending) + END
 
     def series(self, request: SelectRequest, scope: Scope
                ) -> Iterator[tuple[dict[str, str], np.ndarray, np.ndarray]]:
@@ -153,7 +163,8 @@ class SeriesStore:
         wanted = [m for name, m in self._catalog.items()
                   if all(check(name) for label, check in checks if label == "__name__")]
         entity_checks = [(n, c) for n, c in checks if n in ENTITY_LABELS]
-        vms = [(e, e.labels()) for e in self._entities
+        series_checks = [(n, c) for n, c in checks if n not in ENTITY_LABELS]  # per series
+        vms = [(e, labels) for e, labels in self._entities
                if (scope is None or (e.org and e.org in scope))]
         vms = [(e, labels) for e, labels in vms
                if all(check(labels.get(name, "")) for name, check in entity_checks)]
@@ -168,7 +179,7 @@ class SeriesStore:
         by_metric = {m.metric: m for m in wanted}
         metric_list = sorted(by_metric)
         plan = self._index.plan(self._since, days, first_s, last_s, {e.vm for e, _ in vms},
-                                by_metric)
+                                by_metric, cached=request.series_only)
         scan = set(plan.scan_days)
         # Indexed days: only the VM-days with samples in range are read, and a metadata
         # answer (series_only) reads none: the index lists the series.
@@ -193,7 +204,7 @@ class SeriesStore:
             parts: dict[str, dict[tuple[str, str], tuple[list[int], list[bytes]]]] = {}
             for _ in range(requests):
                 for row in next(results):
-                    start = calendar.timegm(row.window_start.utctimetuple())
+                    start = row.start_ms // 1000
                     found = parts.setdefault(row.vm_id, {})
                     key = (row.metric, row.instance)
                     if request.series_only and first_s <= start and start + STORAGE_WINDOW <= \
@@ -215,7 +226,7 @@ class SeriesStore:
                         if not keep.any():
                             continue
                     full = series_labels(info.name, labels, instance)
-                    if not all(check(full.get(name, "")) for name, check in checks):
+                    if not all(check(full.get(name, "")) for name, check in series_checks):
                         continue
                     count += 1
                     if count > self.max_series:
@@ -240,12 +251,18 @@ class SeriesStore:
 
 
 def encode_series(labels: Mapping[str, str], stamps: np.ndarray, values: np.ndarray) -> bytes:
-    out = [struct.pack("<I", len(labels))]
-    for name, value in sorted(labels.items()):
-        raw_name, raw_value = name.encode(), value.encode()
-        out.append(struct.pack("<H", len(raw_name)) + raw_name
-                   + struct.pack("<I", len(raw_value)) + raw_value)
-    out.append(struct.pack("<I", len(stamps)))
-    out.append((stamps.astype("<i8") * 1000).tobytes())
-    out.append(values.astype("<f8").tobytes())
+    # Label order is free: the engine sorts them.
+    out = [struct.pack("<I", len(labels)), *map(_label, labels.items()),
+           struct.pack("<I", len(stamps))]
+    if len(stamps):
+        out.append((stamps.astype("<i8") * 1000).tobytes())
+        out.append(values.astype("<f8").tobytes())
     return b"".join(out)
+
+
+@lru_cache(maxsize=1 << 17)
+def _label(item: tuple[str, str]) -> bytes:
+    """Most labels repeat across a VM's series and across queries (vm, org, names)."""
+    raw_name, raw_value = item[0].encode(), item[1].encode()
+    return (struct.pack("<H", len(raw_name)) + raw_name + struct.pack("<I", len(raw_value))
+            + raw_value)
