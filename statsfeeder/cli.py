@@ -211,6 +211,9 @@ def cmd_sizing(args: argparse.Namespace) -> int:
     print(f"vCD KairosDB-era formula: disk {vcd / 1e9:,.1f} GB (114 kB/metric/day), "
           f"{args.vms * args.metrics * args.rf / 10:,.0f} write IOPS")
     from statsfeeder.rollups.schema import sizing_lines
+    from statsfeeder.sinks.cassandra.series_index import sizing_line
+
+    print(sizing_line(args.vms, args.ttl, args.rf))
 
     for line in sizing_lines(args.vms, args.metrics, args.rf, args.hourly_days,
                              args.daily_days):

@@ -34,6 +34,9 @@ BATCH_BYTES = 4000
 MEMORY_LIMIT = 1_000_000
 """VM-days remembered at most (a backfill over many days); beyond it memory starts again."""
 
+BYTES_PER_VM_DAY = 197
+"""On disk (LZ4, one copy) for a VM-day with 24 hours and 10 series: bench, docs/schema.md."""
+
 EXPECTED_COLUMNS: dict[str, dict[str, str]] = {
     TABLE: {"day": "int", "shard": "int", "vm_id": "text", "hours": "set<int>",
             "series": "set<text>"},
@@ -43,6 +46,12 @@ EXPECTED_COLUMNS: dict[str, dict[str, str]] = {
 def shard_of(vm_id: str) -> int:
     """Stable across processes and versions (Python's ``hash`` is salted per process)."""
     return zlib.crc32(vm_id.encode()) % SHARDS
+
+
+def sizing_line(vms: int, ttl_days: int, rf: int) -> str:
+    total = vms * (ttl_days + 1) * rf * BYTES_PER_VM_DAY
+    return (f"series index: {total / 1e9:,.2f} GB ({BYTES_PER_VM_DAY} B/VM-day measured, "
+            f"{ttl_days + 1} d), a few row writes per VM and hour")
 
 
 def series_key(metric: str, instance: str) -> str:
