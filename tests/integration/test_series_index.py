@@ -63,7 +63,11 @@ def sink(cassandra_env: dict[str, str]) -> Iterator[CassandraSink]:
     config = cassandra_config(cassandra_env, keyspace=f"six_{uuid.uuid4().hex[:10]}")
     opened = open_new_keyspace(config, (CPU, MEM, DISK))
     vms, series = fleet()
-    asyncio.run(opened.save_entities(vms))
+    # VMs without samples: selectors over more than index.FEW_VMS VMs read whole index days.
+    idle = [VirtualMachine("vc1", f"vm-idle-{n}", f"idle-{n}", str(uuid.uuid4()), "", True,
+                           EntityId(urn(f"idle-{n}"), f"idle-{n}", "idle", "idle",
+                                    ("acme", "globex")[n % 2])) for n in range(20)]
+    asyncio.run(opened.save_entities(vms + idle))
     asyncio.run(opened.write(series))
     yield opened
     opened.session.execute(f"DROP KEYSPACE IF EXISTS {config.keyspace}")
@@ -260,3 +264,23 @@ def test_index_batches_stay_under_the_batch_size_limit(sink: CassandraSink) -> N
     assert len(stored) == 200 and all(set(row.series) == long_names for row in stored)
     writer.remember(new)
     assert writer.news(entries) == {}
+
+
+def test_cached_index_days_keep_scopes_and_samples_stay_fresh(sink: CassandraSink) -> None:
+    """Metadata answers reuse the days read (cache_seconds), but per caller's scope; a Select
+    of samples reads the index afresh, so an hour written meanwhile is not skipped."""
+    store = SeriesStore(sink.session, sink.config.keyspace, retention_seconds=14 * 86400,
+                        max_series=10_000, cache_seconds=600.0)
+    everything = answer(store, -24, 3, SELECTORS[0], True)
+    assert vms_of(everything) == {"acme-a", "acme-b", "globex-c", "globex-e"}
+    acme = answer(store, -24, 3, SELECTORS[0], True, frozenset({"acme"}))
+    assert vms_of(acme) == {"acme-a", "acme-b"}
+    assert acme == [row for row in everything if dict(row[0])["org"] == "acme"]
+    vms, _ = fleet()
+    late = vms[3]
+    assert late.entity is not None
+    stamps = np.arange(MIDNIGHT + 8 * H + 20, MIDNIGHT + 8 * H + 601, 20, dtype=np.int64)
+    asyncio.run(sink.write([Series("vc1", late.moref, CPU, "", stamps,
+                                   np.full(len(stamps), 4200, np.int64), late.entity)]))
+    rows = answer(store, 7.9, 8.5, SELECTORS[1], False)
+    assert vms_of(rows) == {"globex-e"} and rows[0][1] == stamps.tolist()
