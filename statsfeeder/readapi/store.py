@@ -3,9 +3,11 @@ samples in the time range asked, and belong to the caller's scope, as one compac
 frame (labels, then int64 millisecond timestamps and float64 values, numpy ``tobytes``).
 
 Tenant isolation happens here: with ``scope`` a set of org names, a VM of any other org (and
-any VM without an org) does not exist for the query. ``None`` is provider-wide. Reads go by
-batches of VMs, one request per batch and day (their VM-day partitions, every wanted metric in
-one slice), so memory follows the query's answer, not the store. The engine applies the
+any VM without an org) does not exist for the query. ``None`` is provider-wide. The series
+index (``index.py``) narrows a Select to the VM-days with samples in its hours, and answers
+``series_only`` Selects without reading windows. Reads go by batches of VMs, one request per
+batch and day (their VM-day partitions, every wanted metric in one slice), so memory follows
+the query's answer, not the store. The engine applies the
 matchers again with its own (RE2) regular expressions; this pre-filter only has to keep every
 series they could match.
 """
