@@ -41,9 +41,7 @@ class CassandraSink:
             log.warning("%s", mismatch)
         ks = self.config.keyspace
         self._session.set_keyspace(ks)
-        # A keyspace older than the index: every day from tomorrow has all its entries (today
-        # may hold samples written without); the read API scans the days before.
-        series_index.mark_indexed_from(self._session, ks, int(time.time()) // 86400 + 1)
+        self._mark_index()
         self._writer = CassandraWriter(self._session, self.config)
         self._entity_insert = self._session.prepare(
             f"INSERT INTO {ks}.entities (vm_id, name, vapp, vdc, org, vcenter, moref, updated) "
@@ -51,6 +49,18 @@ class CassandraSink:
         self._watermark_insert = self._session.prepare(
             f"INSERT INTO {ks}.watermarks (vcenter, sink, moref, last_sample) "
             "VALUES (?, ?, ?, ?)")
+
+    def _mark_index(self) -> None:
+        """A keyspace older than the index: every day from tomorrow has all its entries (today
+        may hold samples written without); the read API scans the days before. Without the
+        mark (a lightweight transaction needs a quorum) reads scan: slower, still complete."""
+        ks = self.config.keyspace
+        try:
+            if series_index.indexed_from(self._session, ks) is None:
+                series_index.mark_indexed_from(self._session, ks, int(time.time()) // 86400 + 1)
+        except Exception as exc:  # collection must not depend on it
+            log.warning("cassandra: cannot record where the series index starts (%s: %s); "
+                        "the read API scans older days until it is", type(exc).__name__, exc)
 
     @property
     def session(self) -> Any:
