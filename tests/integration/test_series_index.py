@@ -21,7 +21,7 @@ from statsfeeder.model import Counter, EntityId, Series, VirtualMachine
 from statsfeeder.readapi.store import Matcher, Scope, SelectRequest, SeriesStore
 from statsfeeder.sinks.cassandra import schema, series_index
 from statsfeeder.sinks.cassandra.sink import CassandraSink
-from tests.helpers import cassandra_config, open_new_keyspace
+from tests.helpers import cassandra_config, drop_keyspace, open_new_keyspace
 
 CPU = Counter("cpu.usage.average", 2, "percent")
 MEM = Counter("mem.usage.average", 24, "percent")
@@ -70,7 +70,7 @@ def sink(cassandra_env: dict[str, str]) -> Iterator[CassandraSink]:
     asyncio.run(opened.save_entities(vms + idle))
     asyncio.run(opened.write(series))
     yield opened
-    opened.session.execute(f"DROP KEYSPACE IF EXISTS {config.keyspace}")
+    drop_keyspace(opened.session, config.keyspace)
     opened.close()
 
 
@@ -203,7 +203,7 @@ def test_days_written_before_the_index_are_scanned(cassandra_env: dict[str, str]
         finally:
             upgraded.close()
     finally:
-        full.session.execute(f"DROP KEYSPACE IF EXISTS {config.keyspace}")
+        drop_keyspace(full.session, config.keyspace)
         full.close()
 
 
@@ -243,7 +243,7 @@ def test_index_entries_are_written_once_and_before_the_windows(
         assert len(stored) == 6 and all(
             row.window_start.hour in (3, 4) for row in stored)
     finally:
-        session.execute(f"DROP KEYSPACE IF EXISTS {ks}")
+        drop_keyspace(session, ks)
         opened.close()
 
 
