@@ -48,9 +48,9 @@ Entry = tuple[str, frozenset[int], tuple[tuple[str, str], ...]]
 
 
 class IndexReader:
-    """Reads the index for a Select. Days read whole are kept ``cache_seconds`` for
-    metadata answers (series_only: as current as the entities list they are joined with);
-    a Select of samples always reads the index afresh, so new data is never skipped."""
+    """Reads the index for a Select. Days read whole for metadata answers (series_only) are
+    kept ``cache_seconds`` for the next ones (as current as the entities list they are joined
+    with); a Select of samples always reads the index afresh, so new data is never skipped."""
 
     def __init__(self, session: Any, keyspace: str, cache_seconds: float = 0.0) -> None:
         self._session = session
@@ -91,10 +91,10 @@ class IndexReader:
                  ) -> list[tuple[int, list[Entry]]]:
         split: dict[str, tuple[str, str]] = {}  # a few distinct series names, many rows
 
-        def parse(rows: Iterable[Any]) -> list[Entry]:
+        def parse(rows: Iterable[Any], only: Collection[str] | None = None) -> list[Entry]:
             out = []
             for row in rows:
-                if row.hours and row.series:
+                if row.hours and row.series and (only is None or row.vm_id in only):
                     keys = []
                     for text in row.series:
                         key = split.get(text)
@@ -123,6 +123,10 @@ class IndexReader:
         pending = [(day, [self._session.execute_async(self._read, (day, shard))
                           for shard in range(SHARDS)]) for day in missing]
         for day, futures in pending:
+            if not cached:  # a Select of samples: only the VMs in question, kept for no one
+                found.append((day, [entry for future in futures
+                                    for entry in parse(future.result(), vms)]))
+                continue
             entries = [entry for future in futures for entry in parse(future.result())]
             found.append((day, entries))
             with self._lock:
