@@ -145,7 +145,8 @@ def create(session: Any, config: CassandraConfig) -> SchemaState:
         session.execute(statement)
     session.execute(f"INSERT INTO {config.keyspace}.schema_info (key, version) "
                     f"VALUES ('statsfeeder', {SCHEMA_VERSION})")
-    if fresh:  # no sample was ever written without its index entry
+    if fresh and series_index.indexed_from(session, config.keyspace) is None:
+        # No sample was ever written without its index entry.
         series_index.mark_indexed_from(session, config.keyspace, 0)
     _align_index_ttl(session, config.keyspace, inspect(session, config.keyspace))
     return inspect(session, config.keyspace)

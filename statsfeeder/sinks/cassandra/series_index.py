@@ -80,9 +80,12 @@ def table_cql(keyspace: str, samples_ttl: int) -> str:
 
 
 def mark_indexed_from(session: Any, keyspace: str, day: int) -> None:
-    """Record the first fully indexed day unless one is recorded (the first writer wins)."""
-    session.execute(f"INSERT INTO {keyspace}.schema_info (key, version) VALUES (%s, %s) "
-                    "IF NOT EXISTS", (MARKER, day))
+    """Record the first fully indexed day. A plain write, not ``IF NOT EXISTS``: a
+    lightweight transaction needs a quorum of the keyspace's replicas, which consistency ONE
+    installations may not have; callers write only where none is recorded, and a later day
+    than needed only makes reads scan more."""
+    session.execute(f"INSERT INTO {keyspace}.schema_info (key, version) VALUES (%s, %s)",
+                    (MARKER, day))
 
 
 def indexed_from(session: Any, keyspace: str) -> int | None:

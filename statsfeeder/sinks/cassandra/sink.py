@@ -53,7 +53,7 @@ class CassandraSink:
     def _mark_index(self) -> None:
         """A keyspace older than the index: every day from tomorrow has all its entries (today
         may hold samples written without); the read API scans the days before. Without the
-        mark (a lightweight transaction needs a quorum) reads scan: slower, still complete."""
+        mark reads scan every day: slower, still complete."""
         ks = self.config.keyspace
         try:
             if series_index.indexed_from(self._session, ks) is None:
