@@ -29,8 +29,6 @@ SHARDS = 16
 TABLE = "series_index"
 MARKER = "series_index_from"
 ENTRIES_PER_BATCH = 32
-BATCH_BYTES = 4000
-"""Keeps an index batch under Cassandra's batch_size_warn_threshold (5 KiB)."""
 MEMORY_LIMIT = 1_000_000
 """VM-days remembered at most (a backfill over many days); beyond it memory starts again."""
 
@@ -139,31 +137,23 @@ class IndexWriter:
         return new
 
     def statements(self, new: Entries) -> list[Any]:
-        """Unlogged batches within one (day, shard) partition."""
+        """Unlogged batches within one (day, shard) partition (Cassandra exempts those from
+        its batch size limits), as the samples' writer does."""
         by_partition: dict[tuple[int, int], list[tuple[Any, ...]]] = defaultdict(list)
         for (vm, day), (hours, keys) in new.items():
             by_partition[(day, shard_of(vm))].append((hours, keys, day, shard_of(vm), vm))
         out: list[Any] = []
         for rows in by_partition.values():
-            part: list[tuple[Any, ...]] = []
-            size = 0
-            for row in rows:
-                part.append(row)
-                size += len(row[4]) + 8 * len(row[0]) + sum(len(k) + 8 for k in row[1])
-                if len(part) >= ENTRIES_PER_BATCH or size >= BATCH_BYTES:
-                    out.append(self._statement(part))
-                    part, size = [], 0
-            if part:
-                out.append(self._statement(part))
+            for begin in range(0, len(rows), ENTRIES_PER_BATCH):
+                part = rows[begin:begin + ENTRIES_PER_BATCH]
+                if len(part) == 1:
+                    out.append(self._update.bind(part[0]))
+                    continue
+                batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+                for row in part:
+                    batch.add(self._update, row)
+                out.append(batch)
         return out
-
-    def _statement(self, part: list[tuple[Any, ...]]) -> Any:
-        if len(part) == 1:
-            return self._update.bind(part[0])
-        batch = BatchStatement(batch_type=BatchType.UNLOGGED)
-        for row in part:
-            batch.add(self._update, row)
-        return batch
 
     def remember(self, new: Entries) -> None:
         for key, (hours, keys) in new.items():
