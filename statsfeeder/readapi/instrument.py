@@ -44,29 +44,36 @@ def request_metrics(metrics: ReadApiMetrics) -> Middleware:
 
 
 def count_select(metrics: ReadApiMetrics, pieces: Iterable[bytes]) -> None:
-    """Series and samples in one Select's frame pieces, and its outcome."""
+    """Series and samples in one Select's frame pieces, and its outcome. A piece holds
+    whole series (several: the store sends them in 64 KiB pieces), the first starts with the
+    magic and the last ends with the end or error marker."""
     series = samples = 0
     outcome = "ok"
+    end = struct.unpack("<I", END)[0]
     for piece in pieces:
-        if piece in (MAGIC, END):
-            continue
-        (head,) = struct.unpack_from("<I", piece)
-        if head == ERROR:
-            outcome = "limit"
-            continue
-        series += 1
-        samples += _samples(piece, head)
+        offset = len(MAGIC) if piece.startswith(MAGIC) else 0
+        while offset < len(piece):
+            (head,) = struct.unpack_from("<I", piece, offset)
+            if head == end:
+                break
+            if head == ERROR:
+                outcome = "limit"
+                break
+            offset, count = _series(piece, offset + 4, head)
+            series += 1
+            samples += count
     metrics.selects.labels(outcome).inc()
     metrics.series_returned.inc(series)
     metrics.samples_returned.inc(samples)
 
 
-def _samples(piece: bytes, labels: int) -> int:
-    offset = 4
+def _series(piece: bytes, offset: int, labels: int) -> tuple[int, int]:
+    """Where the series starting at ``offset`` (after its label count) ends, and its
+    samples."""
     for _ in range(labels):
         (name_length,) = struct.unpack_from("<H", piece, offset)
         offset += 2 + name_length
         (value_length,) = struct.unpack_from("<I", piece, offset)
         offset += 4 + value_length
     (count,) = struct.unpack_from("<I", piece, offset)
-    return int(count)
+    return offset + 4 + 16 * count, int(count)
