@@ -135,7 +135,7 @@ class SeriesStore:
 
     def entities(self) -> list[Entity]:
         self.refresh()
-        return list(self._entities)
+        return [entity for entity, _ in self._entities]
 
     def select(self, request: SelectRequest, scope: Scope) -> Iterator[bytes]:
         """The frame for one Select, in pieces; a limit overrun ends it with an error."""
