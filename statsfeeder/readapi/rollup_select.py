@@ -33,6 +33,7 @@ from statsfeeder.readapi.store import (
     SeriesLimit,
     SeriesStore,
     encode_series,
+    results_in_order,
 )
 from statsfeeder.rollups.schema import DIRTY_SHARDS, month_of_day, week_of_hour
 
@@ -163,7 +164,8 @@ class RollupSelect:
         hours = range(int(now) // 3600 - self._scan_hours, last)
         params = [(h * 3600_000, shard) for h in hours for shard in range(DIRTY_SHARDS)]
         found = None
-        for (h, _), rows in zip(params, self._execute(self._marks, params), strict=True):
+        answers = results_in_order(self._session, self._marks, params, self._concurrency)
+        for (h, _), rows in zip(params, answers, strict=True):
             if rows:
                 found = h // 3600_000
                 break
@@ -199,7 +201,8 @@ class RollupSelect:
         statement = self._read(request.tier, request.view)
         metrics = sorted(wanted)
         params = [(e.vm, parts, metrics, low, high) for e, _ in vms]
-        for (_, labels), rows in zip(vms, self._execute(statement, params), strict=True):
+        answers = results_in_order(self._session, statement, params, self._concurrency)
+        for (_, labels), rows in zip(vms, answers, strict=True):
             per_series: dict[tuple[str, str], list[tuple[int, int]]] = {}
             for metric, instance, at, figure in rows:
                 per_series.setdefault((metric, instance), []).append((at, figure))
@@ -214,19 +217,6 @@ class RollupSelect:
                 values = table[:, 1].astype(np.float64)
                 yield (full, starts + size,
                        values if request.view == "count" else values * info.scale)
-
-    def _execute(self, statement: Any, params: list[tuple[Any, ...]]) -> Iterator[list[Any]]:
-        """Rows of each request, in order, with at most ``concurrency`` in flight."""
-        futures: list[Any] = []
-        position = 0
-        for index in range(len(params)):
-            while position < len(params) and position < index + self._concurrency:
-                futures.append(self._session.execute_async(statement, params[position]))
-                position += 1
-            future = futures[index]
-            futures[index] = None
-            yield list(future.result())
-
 
 def fold_raw(stamps: np.ndarray, values: np.ndarray, size: int, view: str
              ) -> tuple[np.ndarray, np.ndarray]:

@@ -201,7 +201,7 @@ class SeriesStore:
                                    last_s * 1000))
             requests_per_batch.append(len(params) - before)
         count = 0
-        results = self._execute(params)
+        results = results_in_order(self._session, self._read, params, self._concurrency)
         for batch, requests in zip(batches, requests_per_batch, strict=True):
             parts: dict[str, dict[tuple[str, str], tuple[list[int], list[bytes]]]] = {}
             for _ in range(requests):
@@ -239,17 +239,18 @@ class SeriesStore:
                         continue
                     yield full, stamps[keep], raw[keep].astype(np.float64) * info.scale
 
-    def _execute(self, params: list[tuple[Any, ...]]) -> Iterator[list[Any]]:
-        """Rows of each request, in order, with at most ``concurrency`` in flight."""
-        futures: list[Any] = []
-        position = 0
-        for index in range(len(params)):
-            while position < len(params) and position < index + self._concurrency:
-                futures.append(self._session.execute_async(self._read, params[position]))
-                position += 1
-            future = futures[index]
-            futures[index] = None
-            yield list(future.result())
+def results_in_order(session: Any, statement: Any, params: list[tuple[Any, ...]],
+                     concurrency: int) -> Iterator[list[Any]]:
+    """Rows of each request, in order, with at most ``concurrency`` in flight."""
+    futures: list[Any] = []
+    position = 0
+    for index in range(len(params)):
+        while position < len(params) and position < index + concurrency:
+            futures.append(session.execute_async(statement, params[position]))
+            position += 1
+        future = futures[index]
+        futures[index] = None
+        yield list(future.result())
 
 
 def encode_series(labels: Mapping[str, str], stamps: np.ndarray, values: np.ndarray) -> bytes:
