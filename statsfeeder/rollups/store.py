@@ -11,12 +11,11 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from cassandra.query import BatchStatement, BatchType
-
 from statsfeeder.config import CassandraConfig
 from statsfeeder.rollups.compute import Agg, Placement, SeriesKey, TenantAgg
 from statsfeeder.rollups.fold import fold
 from statsfeeder.rollups.schema import DIRTY_SHARDS, month_of_day, week_of_hour
+from statsfeeder.sinks.cassandra.batches import partition_batches
 from statsfeeder.sinks.cassandra.writer import ROWS_PER_BATCH
 
 Mark = tuple[str, Placement, int]
@@ -101,17 +100,8 @@ class RollupStore:
 
     async def write(self, statement: Any, rows: Sequence[tuple[Any, ...]]) -> None:
         """Rows of one partition: unlogged batches of at most ROWS_PER_BATCH."""
-        requests = []
-        for begin in range(0, len(rows), ROWS_PER_BATCH):
-            part = rows[begin:begin + ROWS_PER_BATCH]
-            if len(part) == 1:
-                requests.append(self.run(statement, part[0]))
-                continue
-            batch = BatchStatement(batch_type=BatchType.UNLOGGED)
-            for row in part:
-                batch.add(statement, row)
-            requests.append(self.run(batch))
-        await asyncio.gather(*requests)
+        await asyncio.gather(*(self.run(request) for request in
+                               partition_batches(statement, [rows], ROWS_PER_BATCH)))
 
     def metrics(self) -> list[str]:
         return sorted(row.metric for row in self.session.execute(
@@ -204,14 +194,8 @@ class RollupStore:
             await asyncio.gather(*(self.write(self._put_mark, rows)
                                    for rows in partitions.values()))
             return
-        requests = []
-        for rows in partitions.values():
-            for begin in range(0, len(rows), ROWS_PER_BATCH):
-                batch = BatchStatement(batch_type=BatchType.UNLOGGED)
-                for row in rows[begin:begin + ROWS_PER_BATCH]:
-                    batch.add(self._put_mark, row)
-                requests.append(self._write_mark(batch))
-        await asyncio.gather(*requests)
+        await asyncio.gather(*(self._write_mark(request) for request in partition_batches(
+            self._put_mark, partitions.values(), ROWS_PER_BATCH)))
 
     async def marks(self, hour: int, shard: int) -> list[Mark]:
         rows = await self.run(self._marks, (hour * 3600_000, shard))

@@ -23,7 +23,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from cassandra.query import BatchStatement, BatchType
+from statsfeeder.sinks.cassandra.batches import partition_batches
 
 SHARDS = 16
 TABLE = "series_index"
@@ -142,18 +142,7 @@ class IndexWriter:
         by_partition: dict[tuple[int, int], list[tuple[Any, ...]]] = defaultdict(list)
         for (vm, day), (hours, keys) in new.items():
             by_partition[(day, shard_of(vm))].append((hours, keys, day, shard_of(vm), vm))
-        out: list[Any] = []
-        for rows in by_partition.values():
-            for begin in range(0, len(rows), ENTRIES_PER_BATCH):
-                part = rows[begin:begin + ENTRIES_PER_BATCH]
-                if len(part) == 1:
-                    out.append(self._update.bind(part[0]))
-                    continue
-                batch = BatchStatement(batch_type=BatchType.UNLOGGED)
-                for row in part:
-                    batch.add(self._update, row)
-                out.append(batch)
-        return out
+        return partition_batches(self._update, by_partition.values(), ENTRIES_PER_BATCH)
 
     def remember(self, new: Entries) -> None:
         for key, (hours, keys) in new.items():

@@ -14,11 +14,11 @@ from typing import Any
 
 from cassandra import OperationTimedOut, ReadTimeout, Unavailable, WriteTimeout
 from cassandra.cluster import NoHostAvailable
-from cassandra.query import BatchStatement, BatchType
 
 from statsfeeder.config import CassandraConfig
 from statsfeeder.errors import BatchRejected, SinkUnavailable
 from statsfeeder.model import Series, WriteResult
+from statsfeeder.sinks.cassandra.batches import partition_batches
 from statsfeeder.sinks.cassandra.encoder import encode_window, windows
 from statsfeeder.sinks.cassandra.series_index import IndexWriter, entries
 
@@ -71,19 +71,8 @@ class CassandraWriter:
         if new:
             await asyncio.gather(*(self.execute(s) for s in self._index.statements(new)))
             self._index.remember(new)
-        statements: list[Any] = []
-        row_count = 0
-        for rows in partitions.values():
-            row_count += len(rows)
-            for begin in range(0, len(rows), ROWS_PER_BATCH):
-                part = rows[begin:begin + ROWS_PER_BATCH]
-                if len(part) == 1:
-                    statements.append(self._insert.bind(part[0]))
-                    continue
-                batch = BatchStatement(batch_type=BatchType.UNLOGGED)
-                for row in part:
-                    batch.add(self._insert, row)
-                statements.append(batch)
+        row_count = sum(len(rows) for rows in partitions.values())
+        statements = partition_batches(self._insert, partitions.values(), ROWS_PER_BATCH)
         await asyncio.gather(*(self.execute(statement) for statement in statements))
         return WriteResult(row_count, sum(len(s) for s in series), len(statements))
 
