@@ -124,12 +124,17 @@ def stop_within(name: str, seconds: float) -> tuple[int, float]:
 
 
 def scraped(port: int, api: str) -> dict[str, float]:
-    """What the real Prometheus stored from this container (other tests may move its targets:
-    point them back here until the samples are in)."""
+    """What the real Prometheus stored from this container's collector."""
     instance = f'instance="127.0.0.1:{port}"'
-    queries = {"up": f"statsfeeder_up{{{instance}}}",
-               "written": f'statsfeeder_samples_written_total{{sink="cassandra",{instance}}}',
-               "leases": f'statsfeeder_leases_held{{vcenter="vcsim",{instance}}}'}
+    return scraped_values(port, api, {
+        "up": f"statsfeeder_up{{{instance}}}",
+        "written": f'statsfeeder_samples_written_total{{sink="cassandra",{instance}}}',
+        "leases": f'statsfeeder_leases_held{{vcenter="vcsim",{instance}}}'})
+
+
+def scraped_values(port: int, api: str, queries: dict[str, str]) -> dict[str, float]:
+    """The value of each query once the real Prometheus has scraped the container on
+    ``port`` (other tests may move its targets: point them back here until all are in)."""
     values: dict[str, float] = {}
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and len(values) < len(queries):

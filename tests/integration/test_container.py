@@ -35,6 +35,7 @@ from tests.integration.containers import (
     in_container,
     mounts,
     scraped,
+    scraped_values,
     setup_script,
     start,
     status,
@@ -208,15 +209,7 @@ def test_image_serves_the_read_api_with_its_own_engine(
                              f'{instance}}}',
                   "series": f"statsfeeder_read_api_series_returned_total{{{instance}}}",
                   "engine": f"statsfeeder_read_api_engine_up{{{instance}}}"}
-        seen: dict[str, float] = {}
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and len(seen) < len(wanted):
-            prometheus.set_scrape_targets([f"127.0.0.1:{ports['serve']}"], interval="1s")
-            time.sleep(2)
-            for key, text in wanted.items():
-                found = httpx.get(prom, params={"query": text}).json()["data"]["result"]
-                if found:
-                    seen[key] = float(found[0]["value"][1])
+        seen = scraped_values(ports["serve"], prom, wanted)
         assert seen == {"ok": 2, "refused": 1, "series": seen.get("series", 0),
                         "engine": 1} and seen["series"] > 0, seen
         for name in (collector, server):

@@ -48,6 +48,17 @@ def cli_env(vcsim_env: dict[str, str]) -> dict[str, str]:
     return {"VCSIM_PASSWORD": vcsim_env["VCSIM_PASSWORD"], "PATH": os.environ["PATH"]}
 
 
+def start_run(path: Path, telemetry_port: int, vcsim_env: dict[str, str]
+              ) -> subprocess.Popen[str]:
+    """``statsfeeder run`` on the config at ``path``, its /metrics on ``telemetry_port``."""
+    raw = yaml.safe_load(path.read_text())
+    raw["telemetry"] = {"listen": f"127.0.0.1:{telemetry_port}"}
+    path.write_text(yaml.safe_dump(raw))
+    return subprocess.Popen([*STATSFEEDER, "run", "-c", str(path)], text=True,
+                            env=cli_env(vcsim_env), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+
+
 def assert_one_line(result: subprocess.CompletedProcess[str], *needles: str) -> str:
     assert result.returncode != 0, result.stdout + result.stderr
     assert "Traceback" not in result.stderr, result.stderr
@@ -112,12 +123,7 @@ def test_run_survives_500s_and_html_one_counted_line_per_cycle(
             vcenter_entry("text", text.env(vcsim_env), read_timeout_seconds=5),
             vcenter_entry("html", html.env(vcsim_env), read_timeout_seconds=5)],
             kairosdb_env, interval_seconds=20)
-        raw = yaml.safe_load(path.read_text())
-        raw["telemetry"] = {"listen": f"127.0.0.1:{port}"}
-        path.write_text(yaml.safe_dump(raw))
-        service = subprocess.Popen([*STATSFEEDER, "run", "-c", str(path)], text=True,
-                                   env=cli_env(vcsim_env), stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT)
+        service = start_run(path, port, vcsim_env)
         try:
             errors = {name: f'statsfeeder_vcenter_errors_total{{kind="VCenterUnavailable",'
                             f'vcenter="{name}"}}' for name in ("text", "html")}
@@ -151,12 +157,7 @@ def test_stuck_vcenter_is_abandoned_lag_keeps_growing_and_sigterm_exits_in_10_s(
             vcenter_entry("steady", vcsim_env),
             vcenter_entry("stuck", double.env(vcsim_env), read_timeout_seconds=60)],
             kairosdb_env, interval_seconds=20, cycle_deadline_seconds=12)
-        raw = yaml.safe_load(path.read_text())
-        raw["telemetry"] = {"listen": f"127.0.0.1:{port}"}
-        path.write_text(yaml.safe_dump(raw))
-        service = subprocess.Popen([*STATSFEEDER, "run", "-c", str(path)], text=True,
-                                   env=cli_env(vcsim_env), stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT)
+        service = start_run(path, port, vcsim_env)
         success = 'statsfeeder_cycle_last_success_timestamp_seconds{{vcenter="{}"}}'
         lag = 'statsfeeder_watermark_lag_seconds{vcenter="stuck"}'
         abandoned = 'statsfeeder_cycles_abandoned_total{vcenter="stuck"}'
