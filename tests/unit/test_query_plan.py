@@ -76,3 +76,20 @@ def test_answer_cap_grows_with_the_chunk_and_the_configured_figure_wins() -> Non
     assert answer_cap(big, COUNTERS, "csv") > ANSWER_FLOOR
     assert answer_cap(big, COUNTERS, "normal") > answer_cap(big, COUNTERS, "csv")
     assert answer_cap(big, COUNTERS, "csv", 2_000_000) == 2_000_000
+
+
+def test_a_catch_up_window_takes_more_smaller_chunks() -> None:
+    morefs = [f"vm-{i}" for i in range(50)]
+    behind = {moref: NOW - 3000 for moref in morefs}  # fifty minutes behind: backfill
+    steady = {moref: NOW - 300 for moref in morefs}
+    kwargs = {"budget": 25, "overlap": 60, "initial": 300, "max_lookback": 3300}
+    usual = list(plan_chunks(morefs, steady, NOW, COUNTERS, **kwargs))
+    catch_up = list(plan_chunks(morefs, behind, NOW, COUNTERS, **kwargs))
+    assert [len(c.vms) for c in usual] == [5] * 10
+    # 3,300 s of window against a steady 660: each VM counts 5 times, one VM per chunk
+    assert [len(c.vms) for c in catch_up] == [1] * 50
+    def samples(chunk: Chunk) -> int:
+        return sum(chunk.slots(vm) for vm in chunk.vms)
+    # without the weighting each catch-up chunk would hold five times the usual samples
+    assert max(map(samples, catch_up)) < 2 * max(map(samples, usual))
+    assert sorted(vm.moref for c in catch_up for vm in c.vms) == sorted(morefs)

@@ -65,18 +65,25 @@ def metric_weight(counter: Counter) -> int:
 def plan_chunks(morefs: Sequence[str], watermarks: Mapping[str, int], now: int,
                 counters: Sequence[Counter], *, budget: int, overlap: int, initial: int,
                 max_lookback: int) -> Iterator[Chunk]:
+    """Chunks of at most ``budget`` metric units, a VM whose window is longer than a steady
+    cycle's counting once per steady window it spans: a catch-up after an outage then asks
+    for more, smaller chunks instead of chunks up to eleven times the usual answer, so the
+    backfill's memory peak stays near the steady one."""
     per_vm = max(1, sum(metric_weight(c) for c in counters))
-    vms_per_chunk = max(1, budget // per_vm)
+    steady_span = initial + overlap + STORAGE_WINDOW  # the longest window a steady cycle asks
     batch: list[VmWindow] = []
+    used = 0
     for moref in morefs:
         start = window_start(now, watermarks.get(moref), overlap=overlap, initial=initial,
                              max_lookback=max_lookback)
         if start > now - REALTIME_INTERVAL:
             continue  # nothing new yet (and vcsim hangs on a window shorter than one interval)
-        batch.append(VmWindow(moref, start))
-        if len(batch) == vms_per_chunk:
+        cost = per_vm * -(-(now - start) // steady_span)
+        if batch and used + cost > budget:
             yield Chunk(tuple(batch), now)
-            batch = []
+            batch, used = [], 0
+        batch.append(VmWindow(moref, start))
+        used += cost
     if batch:
         yield Chunk(tuple(batch), now)
 
