@@ -45,9 +45,11 @@ async def serve(cassandra: CassandraConfig, config: ReadApiConfig,
 
     from prometheus_client import CollectorRegistry
 
+    from statsfeeder.memory import limit_heaps
     from statsfeeder.readapi.server import ReadApi
     from statsfeeder.telemetry import ReadApiMetrics, serve_registry
 
+    limit_heaps()  # before the driver's and the server's threads start
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
