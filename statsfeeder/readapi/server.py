@@ -34,6 +34,7 @@ from statsfeeder.readapi import params
 from statsfeeder.readapi.auth import Authenticator, Unauthorized, refusal, server_context
 from statsfeeder.readapi.engine import PROMETHEUS_VERSION, EngineProcess, ensure_binary
 from statsfeeder.readapi.instrument import count_select, request_metrics
+from statsfeeder.readapi.metadata import distinct_answer, label_table_response
 from statsfeeder.readapi.params import ApiError
 from statsfeeder.readapi.rollup_select import RollupRequest, RollupSelect, tables_present
 from statsfeeder.readapi.store import Scope, SelectRequest, SeriesStore
@@ -140,6 +141,7 @@ class ReadApi:
         self.store = await asyncio.to_thread(open_store)
         internal = web.Application(client_max_size=1 << 20)
         internal.router.add_post("/select", self._select)
+        internal.router.add_post("/labels", self._label_table)
         internal_port = await self._serve(internal, "127.0.0.1", 0)
         binary = await asyncio.to_thread(ensure_binary, self.config.engine_binary)
         self._engine = EngineProcess(
@@ -232,14 +234,17 @@ class ReadApi:
             ("step", repr(step)), ("timeout", repr(timeout)), *params.lookback_param(form)],
             scope)
 
-    def _metadata_fields(self, form: Form) -> list[tuple[str, str]]:
-        limit = params.limit_param(form)
+    def _metadata_range(self, form: Form) -> tuple[float, float]:
         now = time.time()
         # Prometheus's defaults are all of time; nothing older than the TTL is stored.
         start = params.time_param(form, "start", params.MIN_TIME)
         end = params.time_param(form, "end", params.MAX_TIME)
         start = min(max(start, now - self._retention - 86400), now + 86400)
-        end = max(min(end, now + 86400), start)
+        return start, max(min(end, now + 86400), start)
+
+    def _metadata_fields(self, form: Form) -> list[tuple[str, str]]:
+        limit = params.limit_param(form)
+        start, end = self._metadata_range(form)
         fields = [("start", repr(start)), ("end", repr(end)), ("limit", str(limit)),
                   ("timeout", repr(self.config.query_timeout_seconds))]
         return fields + [("match[]", item) for item in form.get("match[]", [])]
@@ -248,12 +253,26 @@ class ReadApi:
         return await self._forward("/series", self._metadata_fields(form), scope)
 
     async def _labels(self, request: web.Request, form: Form, scope: Scope) -> web.Response:
+        if "match[]" not in form:
+            return await self._distinct(form, scope, None)
         return await self._forward("/labels", self._metadata_fields(form), scope)
 
     async def _label_values(self, request: web.Request, form: Form, scope: Scope
                             ) -> web.Response:
+        if "match[]" not in form:
+            return await self._distinct(form, scope, request.match_info["name"])
         fields = [("name", request.match_info["name"]), *self._metadata_fields(form)]
         return await self._forward("/label_values", fields, scope)
+
+    async def _distinct(self, form: Form, scope: Scope, name: str | None) -> web.Response:
+        """Label names or values with no matcher to apply: answered here, no engine."""
+        assert self.store is not None
+        limit = params.limit_param(form)
+        start, end = self._metadata_range(form)
+        found = await distinct_answer(self.store, start, end, scope, name)
+        if limit and len(found) > limit:
+            return success(found[:limit], warnings=["results truncated due to limit"])
+        return success(found)
 
     async def _metadata(self, request: web.Request, form: Form, scope: Scope) -> web.Response:
         assert self.store is not None
@@ -359,6 +378,18 @@ class ReadApi:
             await response.write(piece)
         await response.write_eof()
         return response
+
+    async def _label_table(self, request: web.Request) -> web.Response:
+        """The engine's label names/values: distinct projections, no series frame."""
+        given = request.headers.get(SECRET_HEADER, "")
+        if not hmac.compare_digest(given.encode(), self._secret.encode()):
+            raise web.HTTPForbidden()
+        body = json.loads(await request.read())
+        token = str(body.get("scope", ""))
+        if token not in self._scopes:
+            raise web.HTTPForbidden(text="unknown scope")
+        assert self.store is not None
+        return await label_table_response(self.store, body, self._scopes[token])
 
 
 async def serve_forever(api: ReadApi, stopping: asyncio.Event) -> None:

@@ -85,6 +85,17 @@ class SeriesLimit(Exception):
     pass
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """What the label answers (metadata.py) read beside the Selects."""
+
+    entities: list[tuple[Entity, dict[str, str]]]
+    catalog: dict[str, StoredMetric]
+    index: IndexReader
+    since: int | None
+    retention_seconds: int
+
+
 class SeriesStore:
     """Reads series for the read API; blocking (driver calls): run it in a worker thread."""
 
@@ -136,6 +147,11 @@ class SeriesStore:
     def entities(self) -> list[Entity]:
         self.refresh()
         return [entity for entity, _ in self._entities]
+
+    def snapshot(self) -> Snapshot:
+        self.refresh()
+        with self._lock:
+            return Snapshot(self._entities, self._catalog, self._index, self._since, self._ttl)
 
     def select(self, request: SelectRequest, scope: Scope) -> Iterator[bytes]:
         """The frame for one Select, in pieces; a limit overrun ends it with an error."""

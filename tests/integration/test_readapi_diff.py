@@ -259,6 +259,40 @@ def test_series_and_label_values_match_prometheus(apis: tuple[str, str], selecto
     assert mine == theirs
 
 
+LABEL_MATCHES = [
+    pytest.param([], id="no-match"),
+    pytest.param([f'{C}{{org!="acme"}}'], id="not-equal"),
+    pytest.param([f'{C}{{vapp!~"web|db"}}'], id="not-regex"),
+    pytest.param(['{vm_name=~"web"}'], id="anchored"),
+    # RE2's POSIX class (Python's re reads it as a different set): only RE2 decides.
+    pytest.param(['{vm_name=~"[[:alpha:]]+-1"}'], id="re2-class"),
+    pytest.param([f'{C}{{vapp=""}}'], id="empty-is-absent"),
+    pytest.param([f'{DISK}{{device!=""}}'], id="non-empty"),
+    pytest.param(['{vdc=~"gold-.*|", __name__=~"vsphere_vm_(mem|net)_.+"}'],
+                 id="regex-matching-empty"),
+    pytest.param(['{nolabel="", vm_name="db-1"}', f'{MEM}{{moref=~"vm-2[12]"}}'],
+                 id="union-of-two"),
+    pytest.param(['{nolabel="x", __name__=~".+"}'], id="absent-label-required"),
+]
+
+
+@pytest.mark.parametrize("matches", LABEL_MATCHES)
+def test_labels_and_label_values_match_prometheus(apis: tuple[str, str], matches: list[str]
+                                                  ) -> None:
+    """Label names and values come from the store's index (no series frame); every kind of
+    matcher must still mean what it means to Prometheus."""
+    fields: dict[str, Any] = {"match[]": matches, "start": str(START), "end": str(END)}
+    nonempty = 0
+    for label in ("org", "vdc", "vapp", "vm_name", "moref", "device", "__name__", "nolabel"):
+        mine, theirs = (ask(base, f"/api/v1/label/{urllib.parse.quote(label)}/values", fields)
+                        for base in apis)
+        assert mine == theirs, label
+        nonempty += bool(mine)
+    mine, theirs = (ask(base, "/api/v1/labels", fields) for base in apis)
+    assert mine == theirs
+    assert bool(nonempty) == bool(mine)
+
+
 def test_prometheus_is_the_debian_2_42(apis: tuple[str, str]) -> None:
     """The reference is what the module docstring says it is."""
     with urllib.request.urlopen(f"{apis[1]}/api/v1/status/buildinfo", timeout=10) as answer:

@@ -270,9 +270,8 @@ func (s *server) queryRange(r *http.Request) (any, annotations.Annotations, stri
 	})
 }
 
-// selectSets answers the metadata endpoints: the union of the series each match[] selects
-// over [start, end] (none: every series), deduplicated and sorted.
-func (s *server) selectSets(r *http.Request, required bool) ([]labels.Labels, *apiError) {
+// matcherSets parses match[] as Prometheus's metadata endpoints do; none: every series.
+func (s *server) matcherSets(r *http.Request, required bool) ([][]*labels.Matcher, *apiError) {
 	given := r.Form["match[]"]
 	if len(given) == 0 && required {
 		return nil, badData("no match[] parameter provided")
@@ -298,6 +297,16 @@ func (s *server) selectSets(r *http.Request, required bool) ([]labels.Labels, *a
 			}
 		}
 		sets = parsed
+	}
+	return sets, nil
+}
+
+// selectSets answers /series: the union of the series each match[] selects over
+// [start, end], deduplicated and sorted.
+func (s *server) selectSets(r *http.Request, required bool) ([]labels.Labels, *apiError) {
+	sets, failure := s.matcherSets(r, required)
+	if failure != nil {
+		return nil, failure
 	}
 	start, err := seconds(r, "start")
 	if err != nil {
@@ -358,28 +367,17 @@ func (s *server) series(r *http.Request) (any, annotations.Annotations, string, 
 }
 
 func (s *server) labelNames(r *http.Request) (any, annotations.Annotations, string, *apiError) {
-	found, failure := s.selectSets(r, false)
+	names, failure := s.labelsFromStore(r, "")
 	if failure != nil {
 		return nil, nil, "", failure
-	}
-	names := map[string]struct{}{}
-	for _, lset := range found {
-		lset.Range(func(l labels.Label) { names[l.Name] = struct{}{} })
 	}
 	return sortedLimited(names, limitOf(r))
 }
 
 func (s *server) labelValues(r *http.Request) (any, annotations.Annotations, string, *apiError) {
-	name := r.FormValue("name")
-	found, failure := s.selectSets(r, false)
+	values, failure := s.labelsFromStore(r, r.FormValue("name"))
 	if failure != nil {
 		return nil, nil, "", failure
-	}
-	values := map[string]struct{}{}
-	for _, lset := range found {
-		if value := lset.Get(name); value != "" {
-			values[value] = struct{}{}
-		}
 	}
 	return sortedLimited(values, limitOf(r))
 }

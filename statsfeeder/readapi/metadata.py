@@ -1,0 +1,174 @@
+"""Label names and label values without a series frame: the store's part of
+``/api/v1/labels`` and ``/api/v1/label/<name>/values``.
+
+The engine asks with the parsed ``match[]`` sets and the label names it needs (those the
+matchers name, and the one whose values are asked); the answer is the distinct projections of
+the matching series onto those labels, dictionary-encoded: each column's distinct values,
+and one row of indexes per distinct combination (plus, for label names, the set of names the
+series has). The engine applies every matcher itself, with Prometheus's own matchers (RE2,
+fully anchored), once per distinct value, then reduces the rows to names or values: the
+semantics stay Prometheus's, and what crosses is the few distinct values, not every series'
+labels. Here only the caller's scope, the time range and exact (``=``, ``!=``) matchers
+narrow the rows: Python's regular expressions are not RE2's (``\\d`` and ``\\w`` are Unicode
+here, ``[[:alpha:]]`` means something else), so a regex never drops a row here.
+
+Series come from the series index and the entities table (no sample window is read); a day
+the index does not cover falls back to the store's own series listing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from statsfeeder.readapi import params
+from statsfeeder.readapi.names import DEVICE_LABEL, ENTITY_LABELS
+from statsfeeder.readapi.params import ApiError
+from statsfeeder.readapi.store import Matcher, Scope, SelectRequest, SeriesLimit, SeriesStore
+from statsfeeder.sources.vcenter.query import STORAGE_WINDOW
+
+log = logging.getLogger(__name__)
+
+NAME = "__name__"
+
+
+@dataclass(frozen=True)
+class LabelTableRequest:
+    start_ms: int
+    end_ms: int
+    sets: tuple[tuple[Matcher, ...], ...]
+    columns: tuple[str, ...]
+    names: bool
+    """Whether each row also carries the label names its series has."""
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> LabelTableRequest:
+        sets = tuple(tuple(Matcher(str(m["type"]), str(m["name"]), str(m["value"]))
+                           for m in matchers) for matchers in body.get("sets") or ())
+        return cls(int(body["start"]), int(body["end"]), sets,
+                   tuple(str(c) for c in body.get("columns") or ()), bool(body.get("names")))
+
+
+Key = tuple[Mapping[str, str], str, str]
+"""One series: its entity labels, its metric name, its device ('' for none)."""
+
+
+def label_table(store: SeriesStore, request: LabelTableRequest, scope: Scope
+                ) -> dict[str, Any]:
+    """The answer for the engine (JSON-ready); blocking (driver calls)."""
+    values: list[dict[str, int]] = [{} for _ in request.columns]
+    name_sets: dict[tuple[str, ...], int] = {}
+    rows: dict[tuple[int, ...], None] = {}
+    for matchers in request.sets:
+        for entity, metric, device in series_keys(store, request, matchers, scope):
+            row = []
+            for column, seen in zip(request.columns, values, strict=True):
+                value = project(column, entity, metric, device)
+                row.append(seen.setdefault(value, len(seen)))
+            if request.names:
+                names = (NAME, *entity, DEVICE_LABEL) if device else (NAME, *entity)
+                row.append(name_sets.setdefault(names, len(name_sets)))
+            rows[tuple(row)] = None
+    return {"columns": [list(seen) for seen in values], "name_sets": list(name_sets),
+            "rows": [index for row in rows for index in row]}
+
+
+def project(column: str, entity: Mapping[str, str], metric: str, device: str) -> str:
+    if column == NAME:
+        return metric
+    if column == DEVICE_LABEL:
+        return device
+    return entity.get(column, "")
+
+
+def series_keys(store: SeriesStore, request: LabelTableRequest, matchers: tuple[Matcher, ...],
+                scope: Scope) -> Iterator[Key]:
+    """The series in scope with samples in the range that pass the set's exact matchers."""
+    exact = tuple(m for m in matchers if m.kind in ("=", "!="))
+    checks = [(m.name, m.compile()) for m in exact]
+    view = store.snapshot()
+    # The range as SeriesStore.series reads it: nothing older than the TTL is stored.
+    oldest = int((time.time() - view.retention_seconds - 86400) * 1000)
+    start_ms, end_ms = max(request.start_ms, oldest), request.end_ms
+    if end_ms < start_ms:
+        return
+    first_s, last_s = -(-start_ms // 1000), end_ms // 1000
+    days = range((first_s - STORAGE_WINDOW) // 86400, last_s // 86400 + 1)
+    by_metric = {m.metric: m for name, m in view.catalog.items()
+                 if all(check(name) for label, check in checks if label == NAME)}
+    entity_checks = [(n, c) for n, c in checks if n in ENTITY_LABELS]
+    vms = {e.vm: labels for e, labels in view.entities
+           if (scope is None or (e.org and e.org in scope))
+           and all(check(labels.get(name, "")) for name, check in entity_checks)}
+    if not by_metric or not vms:
+        return
+    plan = view.index.plan(view.since, days, first_s, last_s, vms.keys(), by_metric,
+                           cached=True)
+    if plan.scan_days:  # days written before the index: the store lists their series
+        listing = SelectRequest(start_ms, end_ms, exact, series_only=True)
+        for labels, _, _ in store.series(listing, scope):
+            entity = {k: v for k, v in labels.items() if k in ENTITY_LABELS}
+            yield entity, labels.get(NAME, ""), labels.get(DEVICE_LABEL, "")
+        return
+    for vm, keys in plan.listed.items():
+        entity = vms[vm]
+        for metric, device in keys:
+            name = by_metric[metric].name
+            if all(check(project(label, entity, name, device)) for label, check in checks):
+                yield entity, name, device
+
+
+def distinct(store: SeriesStore, start_ms: int, end_ms: int, scope: Scope, name: str | None
+             ) -> list[str]:
+    """Without ``match[]``: the label names (``name`` None) or one label's values over every
+    series in scope and range, sorted as Go sorts strings (UTF-8 bytes: code points). No
+    matcher to apply, so the read API answers these itself, without the engine."""
+    request = LabelTableRequest(start_ms, end_ms, ((),), (), name is None)
+    found: set[str] = set()
+    for entity, metric, device in series_keys(store, request, (), scope):
+        if name is None:
+            found.update(entity)
+            found.add(NAME)
+            if device:
+                found.add(DEVICE_LABEL)
+        else:
+            found.add(project(name, entity, metric, device))
+    found.discard("")
+    return sorted(found)
+
+
+def _one_line(exc: Exception) -> str:
+    text = " ".join(str(exc).split())[:300]
+    log.error("read API: reading labels failed: %s: %s", type(exc).__name__, text)
+    return f"cassandra: {type(exc).__name__}: {text}"
+
+
+async def distinct_answer(store: SeriesStore, start: float, end: float, scope: Scope,
+                          name: str | None) -> list[str]:
+    """``distinct`` for the read API (Unix seconds), failures as Prometheus's errors."""
+    try:
+        return await asyncio.to_thread(distinct, store, round(start * 1000), round(end * 1000),
+                                       scope, name)
+    except SeriesLimit as exc:  # only days written before the series index list series
+        raise ApiError(params.EXECUTION, str(exc)) from None
+    except Exception as exc:  # Cassandra unreachable, timeouts: one line to the caller
+        raise ApiError(params.INTERNAL, _one_line(exc)) from None
+
+
+async def label_table_response(store: SeriesStore, body: Mapping[str, Any], scope: Scope
+                               ) -> web.Response:
+    """The engine's request on the internal endpoint; a limit is 422, a failure 500."""
+    wanted = LabelTableRequest.from_json(body)
+    try:
+        table = await asyncio.to_thread(label_table, store, wanted, scope)
+    except SeriesLimit as exc:
+        raise web.HTTPUnprocessableEntity(text=str(exc)) from None
+    except Exception as exc:
+        raise web.HTTPInternalServerError(text=_one_line(exc)) from None
+    return web.json_response(table)
