@@ -217,22 +217,23 @@ class ReadApi:
         return run
 
     async def _query(self, request: web.Request, form: Form, scope: Scope) -> web.Response:
-        params.limit_param(form)
+        limit = params.limit_param(form)
         at = params.time_param(form, "time", round(time.time(), 3))
         timeout = params.timeout_param(form, self.config.query_timeout_seconds)
         return await self._forward("/query", [("query", params.first(form, "query")),
                                               ("time", repr(at)), ("timeout", repr(timeout)),
+                                              ("limit", str(limit)),
                                               *params.lookback_param(form)], scope)
 
     async def _query_range(self, request: web.Request, form: Form, scope: Scope
                            ) -> web.Response:
-        params.limit_param(form)
+        limit = params.limit_param(form)
         start, end, step = params.range_params(form)
         timeout = params.timeout_param(form, self.config.query_timeout_seconds)
         return await self._forward("/query_range", [
             ("query", params.first(form, "query")), ("start", repr(start)), ("end", repr(end)),
-            ("step", repr(step)), ("timeout", repr(timeout)), *params.lookback_param(form)],
-            scope)
+            ("step", repr(step)), ("timeout", repr(timeout)), ("limit", str(limit)),
+            *params.lookback_param(form)], scope)
 
     def _metadata_range(self, form: Form) -> tuple[float, float]:
         now = time.time()

@@ -217,19 +217,27 @@ func (s *server) run(r *http.Request, build func(context.Context, storage.Querya
 	if result.Err != nil {
 		return nil, result.Warnings, text, classify(result.Err)
 	}
-	value := result.Value
-	// An empty result is [], never null, as Prometheus answers.
+	value, notes := result.Value, result.Warnings
+	// An empty result is [], never null, as Prometheus answers. A limit keeps the first
+	// series of a vector or matrix, in the engine's order, with Prometheus's warning.
+	limit := limitOf(r)
 	switch v := value.(type) {
 	case promql.Matrix:
 		if v == nil {
 			value = promql.Matrix{}
+		} else if limit > 0 && len(v) > limit {
+			value = v[:limit]
+			notes = notes.Add(errors.New("results truncated due to limit"))
 		}
 	case promql.Vector:
 		if v == nil {
 			value = promql.Vector{}
+		} else if limit > 0 && len(v) > limit {
+			value = v[:limit]
+			notes = notes.Add(errors.New("results truncated due to limit"))
 		}
 	}
-	return queryData{value.Type(), value}, result.Warnings, text, nil
+	return queryData{value.Type(), value}, notes, text, nil
 }
 
 func (s *server) query(r *http.Request) (any, annotations.Annotations, string, *apiError) {
