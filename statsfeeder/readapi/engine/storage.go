@@ -17,8 +17,8 @@ import (
 	"net/http"
 	"sort"
 
-	"github.com/prometheus/prometheus/model/histogram"
 	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/promql"
 	"github.com/prometheus/prometheus/storage"
 	"github.com/prometheus/prometheus/tsdb/chunkenc"
 	"github.com/prometheus/prometheus/util/annotations"
@@ -212,11 +212,10 @@ func decodeFrame(r *bufio.Reader) ([]*memSeries, error) {
 		if _, err := io.ReadFull(r, raw); err != nil {
 			return nil, fmt.Errorf("storage: truncated frame: %w", err)
 		}
-		series := &memSeries{lset: builder.Labels(), t: make([]int64, points),
-			v: make([]float64, points)}
+		series := &memSeries{lset: builder.Labels(), floats: make([]promql.FPoint, points)}
 		for i := 0; i < int(points); i++ {
-			series.t[i] = int64(binary.LittleEndian.Uint64(raw[8*i:]))
-			series.v[i] = math.Float64frombits(binary.LittleEndian.Uint64(raw[8*(int(points)+i):]))
+			series.floats[i] = promql.FPoint{T: int64(binary.LittleEndian.Uint64(raw[8*i:])),
+				F: math.Float64frombits(binary.LittleEndian.Uint64(raw[8*(int(points)+i):]))}
 		}
 		out = append(out, series)
 	}
@@ -246,66 +245,19 @@ func readBytes(r *bufio.Reader, prefix int) ([]byte, error) {
 	return out, nil
 }
 
-// memSeries is one decoded series: timestamps ascending, in milliseconds.
+// memSeries is one decoded series: timestamps ascending, in milliseconds. Its iterator is
+// Prometheus's own (promql.StorageSeries): an iterator of ours would declare a Seek(int64)
+// method, which go vet takes for a wrong io.Seeker.
 type memSeries struct {
-	lset labels.Labels
-	t    []int64
-	v    []float64
+	lset   labels.Labels
+	floats []promql.FPoint
 }
 
 func (s *memSeries) Labels() labels.Labels { return s.lset }
 
-func (s *memSeries) Iterator(chunkenc.Iterator) chunkenc.Iterator {
-	return &memIterator{series: s, index: -1}
+func (s *memSeries) Iterator(it chunkenc.Iterator) chunkenc.Iterator {
+	return promql.NewStorageSeries(promql.Series{Metric: s.lset, Floats: s.floats}).Iterator(it)
 }
-
-type memIterator struct {
-	series *memSeries
-	index  int
-}
-
-func (it *memIterator) Next() chunkenc.ValueType {
-	if it.index+1 >= len(it.series.t) {
-		it.index = len(it.series.t)
-		return chunkenc.ValNone
-	}
-	it.index++
-	return chunkenc.ValFloat
-}
-
-func (it *memIterator) Seek(t int64) chunkenc.ValueType {
-	if it.index < 0 {
-		it.index = 0
-	}
-	if it.index >= len(it.series.t) {
-		return chunkenc.ValNone
-	}
-	if it.series.t[it.index] >= t {
-		return chunkenc.ValFloat
-	}
-	rest := it.series.t[it.index:]
-	it.index += sort.Search(len(rest), func(i int) bool { return rest[i] >= t })
-	if it.index >= len(it.series.t) {
-		return chunkenc.ValNone
-	}
-	return chunkenc.ValFloat
-}
-
-func (it *memIterator) At() (int64, float64) {
-	return it.series.t[it.index], it.series.v[it.index]
-}
-
-func (*memIterator) AtHistogram(*histogram.Histogram) (int64, *histogram.Histogram) {
-	panic("statsfeeder stores no histograms")
-}
-
-func (*memIterator) AtFloatHistogram(*histogram.FloatHistogram) (int64, *histogram.FloatHistogram) {
-	panic("statsfeeder stores no histograms")
-}
-
-func (it *memIterator) AtT() int64 { return it.series.t[it.index] }
-func (*memIterator) AtST() int64   { return 0 }
-func (*memIterator) Err() error    { return nil }
 
 type listSet struct {
 	series []*memSeries
