@@ -87,8 +87,27 @@ class IndexReader:
                     plan.listed.setdefault(vm, set()).update(present)
         return plan
 
-    def _entries(self, days: list[int], vms: Collection[str], cached: bool
+    def present(self, since: int | None, days: Iterable[int], first_s: int, last_s: int
+                ) -> list[tuple[str, tuple[tuple[str, str], ...]]] | None:
+        """(VM, its series that day) for every indexed VM-day with a window in the range,
+        from whole days kept for metadata answers; None if a day predates the index."""
+        days = list(days)
+        if since is None or any(day < since for day in days):
+            return None
+        out: list[tuple[str, tuple[tuple[str, str], ...]]] = []
+        indexed = [day for day in days if hours_of(day, first_s, last_s)]
+        for day, entries in self._entries(indexed, None, cached=True):
+            wanted = hours_of(day, first_s, last_s)
+            if len(wanted) == 24:
+                out.extend((vm, keys) for vm, _, keys in entries)
+            else:
+                out.extend((vm, keys) for vm, hours, keys in entries
+                           if not wanted.isdisjoint(hours))
+        return out
+
+    def _entries(self, days: list[int], vms: Collection[str] | None, cached: bool
                  ) -> list[tuple[int, list[Entry]]]:
+        """``vms`` None: every VM of those days (never read by key)."""
         split: dict[str, tuple[str, str]] = {}  # a few distinct series names, many rows
 
         def parse(rows: Iterable[Any], only: Collection[str] | None = None) -> list[Entry]:
@@ -104,7 +123,7 @@ class IndexReader:
                     out.append((row.vm_id, frozenset(row.hours), tuple(keys)))
             return out
 
-        if len(vms) <= FEW_VMS:  # e.g. one VM's dashboard: not the whole fleet's rows
+        if vms is not None and len(vms) <= FEW_VMS:  # e.g. one VM's dashboard
             by_key = [(day, self._session.execute_async(self._read_vms,
                                                         (day, shard_of(vm), vm)))
                       for day in days for vm in sorted(vms)]

@@ -1,7 +1,9 @@
-"""Label names and label values without a series frame: the store's part of
-``/api/v1/labels`` and ``/api/v1/label/<name>/values``.
+"""Label names and label values without a series frame: ``/api/v1/labels`` and
+``/api/v1/label/<name>/values``.
 
-The engine asks with the parsed ``match[]`` sets and the label names it needs (those the
+Without ``match[]`` there is no matcher to apply: the read API answers itself (``distinct``),
+in one pass over the index's VM-days joined with the entities in scope. With ``match[]``
+the engine asks with the parsed ``match[]`` sets and the label names it needs (those the
 matchers name, and the one whose values are asked); the answer is the distinct projections of
 the matching series onto those labels, dictionary-encoded: each column's distinct values,
 and one row of indexes per distinct combination (plus, for label names, the set of names the
@@ -21,16 +23,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
 from statsfeeder.readapi import params
+from statsfeeder.readapi.index import FEW_VMS
 from statsfeeder.readapi.names import DEVICE_LABEL, ENTITY_LABELS
 from statsfeeder.readapi.params import ApiError
-from statsfeeder.readapi.store import Matcher, Scope, SelectRequest, SeriesLimit, SeriesStore
+from statsfeeder.readapi.store import (
+    Matcher,
+    Scope,
+    SelectRequest,
+    SeriesLimit,
+    SeriesStore,
+    Snapshot,
+)
 from statsfeeder.sources.vcenter.query import STORAGE_WINDOW
 
 log = logging.getLogger(__name__)
@@ -93,13 +103,10 @@ def series_keys(store: SeriesStore, request: LabelTableRequest, matchers: tuple[
     exact = tuple(m for m in matchers if m.kind in ("=", "!="))
     checks = [(m.name, m.compile()) for m in exact]
     view = store.snapshot()
-    # The range as SeriesStore.series reads it: nothing older than the TTL is stored.
-    oldest = int((time.time() - view.retention_seconds - 86400) * 1000)
-    start_ms, end_ms = max(request.start_ms, oldest), request.end_ms
-    if end_ms < start_ms:
+    window = time_window(view, request.start_ms, request.end_ms)
+    if window is None:
         return
-    first_s, last_s = -(-start_ms // 1000), end_ms // 1000
-    days = range((first_s - STORAGE_WINDOW) // 86400, last_s // 86400 + 1)
+    days, first_s, last_s = window
     by_metric = {m.metric: m for name, m in view.catalog.items()
                  if all(check(name) for label, check in checks if label == NAME)}
     entity_checks = [(n, c) for n, c in checks if n in ENTITY_LABELS]
@@ -108,39 +115,95 @@ def series_keys(store: SeriesStore, request: LabelTableRequest, matchers: tuple[
            and all(check(labels.get(name, "")) for name, check in entity_checks)}
     if not by_metric or not vms:
         return
-    plan = view.index.plan(view.since, days, first_s, last_s, vms.keys(), by_metric,
-                           cached=True)
-    if plan.scan_days:  # days written before the index: the store lists their series
-        listing = SelectRequest(start_ms, end_ms, exact, series_only=True)
+    listed: Iterable[tuple[str, Iterable[tuple[str, str]]]] | None = None
+    if len(vms) <= FEW_VMS:  # a few VMs (e.g. one dashboard's): their index rows by key
+        plan = view.index.plan(view.since, days, first_s, last_s, vms.keys(), by_metric,
+                               cached=True)
+        listed = None if plan.scan_days else plan.listed.items()
+    else:
+        pairs = view.index.present(view.since, days, first_s, last_s)
+        listed = None if pairs is None else ((vm, keys) for vm, keys in pairs if vm in vms)
+    if listed is None:  # days written before the index: the store lists their series
+        listing = SelectRequest(request.start_ms, request.end_ms, exact, series_only=True)
         for labels, _, _ in store.series(listing, scope):
             entity = {k: v for k, v in labels.items() if k in ENTITY_LABELS}
             yield entity, labels.get(NAME, ""), labels.get(DEVICE_LABEL, "")
         return
-    for vm, keys in plan.listed.items():
+    series_checks = [(n, c) for n, c in checks if n not in ENTITY_LABELS]
+    for vm, keys in listed:
         entity = vms[vm]
         for metric, device in keys:
-            name = by_metric[metric].name
-            if all(check(project(label, entity, name, device)) for label, check in checks):
-                yield entity, name, device
+            info = by_metric.get(metric)
+            if info is not None and all(check(project(label, entity, info.name, device))
+                                        for label, check in series_checks):
+                yield entity, info.name, device
 
 
 def distinct(store: SeriesStore, start_ms: int, end_ms: int, scope: Scope, name: str | None
              ) -> list[str]:
     """Without ``match[]``: the label names (``name`` None) or one label's values over every
     series in scope and range, sorted as Go sorts strings (UTF-8 bytes: code points). No
-    matcher to apply, so the read API answers these itself, without the engine."""
-    request = LabelTableRequest(start_ms, end_ms, ((),), (), name is None)
-    found: set[str] = set()
-    for entity, metric, device in series_keys(store, request, (), scope):
-        if name is None:
-            found.update(entity)
-            found.add(NAME)
-            if device:
-                found.add(DEVICE_LABEL)
-        else:
-            found.add(project(name, entity, metric, device))
-    found.discard("")
-    return sorted(found)
+    matcher to apply, so the read API answers these itself, without the engine, from the
+    index's VM-days (one pass, no per-series labels)."""
+    view = store.snapshot()
+    window = time_window(view, start_ms, end_ms)
+    if window is None:
+        return []
+    pairs = view.index.present(view.since, *window)
+    if pairs is None:  # days written before the index: the store lists their series
+        request = LabelTableRequest(start_ms, end_ms, ((),), (), name is None)
+        keys = series_keys(store, request, (), scope)
+        pairs_by_vm = [(entity, ((metric, device),)) for entity, metric, device in keys]
+        return _reduce(pairs_by_vm, name)
+    names = {m.metric: m.name for m in view.catalog.values()}
+    entities = {e.vm: labels for e, labels in view.entities
+                if scope is None or (e.org and e.org in scope)}
+    stored: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] = {}
+    found: list[tuple[Mapping[str, str], tuple[tuple[str, str], ...]]] = []
+    for vm, series in pairs:
+        labels = entities.get(vm)
+        if labels is None:
+            continue
+        known = stored.get(series)
+        if known is None:  # few distinct series lists: each renamed once
+            known = stored[series] = tuple((names[metric], device) for metric, device in series
+                                           if metric in names)
+        if known:
+            found.append((labels, known))
+    return _reduce(found, name)
+
+
+def _reduce(found: Sequence[tuple[Mapping[str, str], tuple[tuple[str, str], ...]]],
+            name: str | None) -> list[str]:
+    """Label names or ``name``'s values of (entity labels, its (metric, device) series)."""
+    out: set[str] = set()
+    if name is None:
+        if found:
+            out.add(NAME)
+        for labels, series in set((tuple(labels), series) for labels, series in found):
+            out.update(labels)
+            if any(device for _, device in series):
+                out.add(DEVICE_LABEL)
+    elif name in (NAME, DEVICE_LABEL):
+        column = 0 if name == NAME else 1
+        for series in {series for _, series in found}:
+            out.update(key[column] for key in series)
+    elif name in ENTITY_LABELS:
+        out.update(labels.get(name, "") for labels, _ in found)
+    out.discard("")
+    return sorted(out)
+
+
+def time_window(view: Snapshot, start_ms: int, end_ms: int
+                ) -> tuple[range, int, int] | None:
+    """The days and seconds a range covers, as SeriesStore.series reads them (nothing older
+    than the TTL is stored); None: nothing."""
+    oldest = int((time.time() - view.retention_seconds - 86400) * 1000)
+    start_ms = max(start_ms, oldest)
+    if end_ms < start_ms:
+        return None
+    first_s, last_s = -(-start_ms // 1000), end_ms // 1000
+    return range((first_s - STORAGE_WINDOW) // 86400, last_s // 86400 + 1), first_s, last_s
 
 
 def _one_line(exc: Exception) -> str:

@@ -15,6 +15,7 @@ import pytest
 from aiohttp import web
 
 from statsfeeder.readapi.store import Scope
+from statsfeeder.sinks.cassandra import series_index
 from statsfeeder.sinks.cassandra.sink import CassandraSink
 from tests.readapi_fleet import LAYOUT, Fleet, create_keyspace, drop, served, store_fleet
 
@@ -133,3 +134,27 @@ def test_a_range_without_data_has_no_labels(provider: str, start: int, end: int)
     # ...while the data's own range has them all, past the series cap
     around = {"start": str(START), "end": str(END)}
     assert len(get(provider, "/api/v1/label/vm/values", **around)["data"]) == len(LAYOUT)
+
+
+def test_days_written_before_the_index_answer_alike(sink: CassandraSink) -> None:
+    """Without the index's marker every day is listed from the windows (the store's own
+    series listing): the same names and values, with and without match[]."""
+    asks: list[tuple[str, dict[str, str]]] = [
+        ("/api/v1/labels", {}), ("/api/v1/labels", {"match[]": f'{C}{{org="globex"}}'})]
+    for label in ("vm_name", "device", "__name__", "org"):
+        asks += [(f"/api/v1/label/{label}/values", {}),
+                 (f"/api/v1/label/{label}/values", {"match[]": '{vdc=~"gold-.+|silver"}'}),
+                 (f"/api/v1/label/{label}/values", {"match[]": '{vm_name!="web-1", org!=""}'})]
+    ks = sink.config.keyspace
+    with served(sink, entities_cache_seconds=0) as url:
+        indexed = [get(url, path, **fields)["data"] for path, fields in asks]
+        sink.session.execute(f"DELETE FROM {ks}.schema_info WHERE key = %s",
+                             (series_index.MARKER,))
+        try:
+            scanned = [get(url, path, **fields)["data"] for path, fields in asks]
+        finally:
+            series_index.mark_indexed_from(sink.session, ks, 0)
+    assert scanned == indexed
+    assert indexed[0] == ["__name__", "device", "moref", "org", "vapp", "vcenter", "vdc", "vm",
+                          "vm_name"]
+    assert all(indexed[2:])  # every label asked has values under each match[]
