@@ -57,14 +57,27 @@ class Matcher:
         if self.kind in ("=", "!="):
             equal = self.kind == "="
             return lambda given: (given == self.value) == equal
+        if not python_reads_as_re2(self.value):
+            return lambda given: True  # the engine's own matcher filters exactly
         try:
             pattern = re.compile(self.value, re.DOTALL)
         except re.error:
-            # A pattern Python cannot read (RE2-only syntax): keep everything here; the
-            # engine's own matcher filters exactly.
             return lambda given: True
         positive = self.kind == "=~"
         return lambda given: (pattern.fullmatch(given) is not None) == positive
+
+
+_NOT_LIKE_RE2 = re.compile(r"\\[0-9A-Za-z]|\[:|[{$]|\(\?")
+
+
+def python_reads_as_re2(pattern: str) -> bool:
+    """Whether Python's ``re`` matches exactly the values RE2 does (fully anchored, dot
+    matching newlines): no escape of a letter or digit (``\\d`` and ``\\w`` take Unicode in
+    Python, ASCII in RE2), no POSIX class (``[[:alpha:]]`` is another set to Python), no
+    ``{`` (``x{,3}`` is a repeat to Python, a literal to RE2), no ``$`` (Python's also
+    matches before a last newline) and no ``(?`` flags or groups. Anything else passes
+    every value here and is left to the engine."""
+    return _NOT_LIKE_RE2.search(pattern) is None
 
 
 @dataclass(frozen=True)
