@@ -5,6 +5,8 @@ Windows off the 20-s grid (rare: a real vCenter's are on it) go through ``decode
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from statsfeeder.model import REALTIME_INTERVAL, Int64Array
@@ -17,14 +19,24 @@ from statsfeeder.sinks.cassandra.encoder import (
 
 _SLOT_OFFSETS = REALTIME_INTERVAL * np.arange(1, SLOTS + 1, dtype=np.int64)
 _SLOT_BITS = np.arange(SLOTS, dtype=np.int64)
+_EMPTY = np.empty(0, dtype=np.int64)
 
 
-def decode_windows(starts: list[int], blobs: list[bytes]) -> tuple[Int64Array, Int64Array]:
-    """Timestamps and raw values of consecutive windows, concatenated in order. Headers,
+def decode_windows(starts: Sequence[int] | Int64Array, blobs: Sequence[bytes]
+                   ) -> tuple[Int64Array, Int64Array]:
+    """Timestamps and raw values of consecutive windows, concatenated in order."""
+    stamps, values, _ = decode_windows_counted(starts, blobs)
+    return stamps, values
+
+
+def decode_windows_counted(starts: Sequence[int] | Int64Array, blobs: Sequence[bytes]
+                           ) -> tuple[Int64Array, Int64Array, Int64Array]:
+    """Timestamps and raw values of windows (of one series or several), concatenated in
+    order, and each window's sample count (where each window's samples begin). Headers,
     timestamps and varints are all taken apart with array operations: a Python step per
     window or sample is what a query over many VMs would spend its time on."""
-    if not blobs:
-        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+    if not len(blobs):
+        return _EMPTY, _EMPTY, _EMPTY
     lengths = np.fromiter(map(len, blobs), dtype=np.int64, count=len(blobs))
     data = np.frombuffer(b"".join(blobs), dtype=np.uint8)
     heads = np.concatenate(([0], np.cumsum(lengths[:-1])))
@@ -41,7 +53,7 @@ def decode_windows(starts: list[int], blobs: list[bytes]) -> tuple[Int64Array, I
     if len(ends) != len(stamps) or (len(data) and data[-1] >= 0x80):
         raise BlobError("sample blob is truncated or has trailing bytes")
     if not len(stamps):
-        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+        return _EMPTY, _EMPTY, counts.astype(np.int64)
     firsts = np.concatenate(([0], ends[:-1] + 1))
     position = np.arange(len(data)) - np.repeat(firsts, ends - firsts + 1)
     parts = (data & 0x7F).astype(np.uint64) << (7 * position).astype(np.uint64)
@@ -52,12 +64,13 @@ def decode_windows(starts: list[int], blobs: list[bytes]) -> tuple[Int64Array, I
     window_ends = np.cumsum(counts) - 1
     before = np.concatenate(([0], running[window_ends[:-1]]))
     values = running - np.repeat(before, counts)
-    return stamps, values.astype(np.int64)
+    return stamps, values.astype(np.int64), counts.astype(np.int64)
 
 
-def _one_by_one(starts: list[int], blobs: list[bytes]) -> tuple[Int64Array, Int64Array]:
-    pieces = [decode_window(start, blob) for start, blob in zip(starts, blobs, strict=True)]
-    if not pieces:
-        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+def _one_by_one(starts: Sequence[int] | Int64Array, blobs: Sequence[bytes]
+                ) -> tuple[Int64Array, Int64Array, Int64Array]:
+    pieces = [decode_window(int(start), blob)
+              for start, blob in zip(starts, blobs, strict=True)]
+    counts = np.fromiter((len(p[0]) for p in pieces), dtype=np.int64, count=len(pieces))
     return (np.concatenate([p[0] for p in pieces]).astype(np.int64),
-            np.concatenate([p[1] for p in pieces]).astype(np.int64))
+            np.concatenate([p[1] for p in pieces]).astype(np.int64), counts)

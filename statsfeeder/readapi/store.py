@@ -24,8 +24,10 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
+from cassandra.cluster import EXEC_PROFILE_DEFAULT
+from cassandra.query import tuple_factory
 
-from statsfeeder.readapi.decode import decode_windows
+from statsfeeder.readapi.decode import decode_windows_counted
 from statsfeeder.readapi.index import IndexReader
 from statsfeeder.readapi.names import (
     ENTITY_LABELS,
@@ -45,6 +47,7 @@ ERROR = 0xFFFFFFFE
 VM_BATCH = 16
 """VMs per read request (their partitions for one day): fewer, larger requests."""
 PIECE_BYTES = 1 << 16
+_EMPTY = np.empty(0, dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,9 @@ class SeriesStore:
             f"FROM {keyspace}.samples "
             "WHERE vm_id IN ? AND day = ? AND metric IN ? AND window_start >= ? "
             "AND window_start <= ?")
+        # Plain tuples: the driver's named tuple per row costs more than the row's decoding.
+        self._tuples = session.execution_profile_clone_update(EXEC_PROFILE_DEFAULT,
+                                                              row_factory=tuple_factory)
 
     def refresh(self, force: bool = False) -> None:
         """Entities and metric units, re-read at most every ``cache_seconds``."""
@@ -230,32 +236,19 @@ class SeriesStore:
                                    last_s * 1000))
             requests_per_batch.append(len(params) - before)
         count = 0
-        results = results_in_order(self._session, self._read, params, self._concurrency)
+        results = results_in_order(self._session, self._read, params, self._concurrency,
+                                   self._tuples)
         for batch, requests in zip(batches, requests_per_batch, strict=True):
-            parts: dict[str, dict[tuple[str, str], tuple[list[int], list[bytes]]]] = {}
-            for _ in range(requests):
-                for row in next(results):
-                    start = row.start_ms // 1000
-                    found = parts.setdefault(row.vm_id, {})
-                    key = (row.metric, row.instance)
-                    if request.series_only and first_s <= start and start + STORAGE_WINDOW <= \
-                            last_s and key in found:
-                        continue  # existence is all a metadata answer needs
-                    starts, blobs = found.setdefault(key, ([], []))
-                    starts.append(start)
-                    blobs.append(row.data)
+            rows = [row for _ in range(requests) for row in next(results)]
+            found = _decode_batch(rows, first_s, last_s)
             for entity, labels in batch:
-                found = parts.get(entity.vm, {})
+                mine = found.get(entity.vm, {})
                 indexed = listed.get(entity.vm, set())
-                for key in sorted(found.keys() | indexed):
+                for key in sorted(mine.keys() | indexed):
                     metric, instance = key
                     info = by_metric[metric]
-                    if key not in indexed:
-                        starts, blobs = found[key]
-                        stamps, raw = decode_windows(starts, blobs)
-                        keep = (stamps >= first_s) & (stamps <= last_s)
-                        if not keep.any():
-                            continue
+                    if key not in indexed and not len(mine[key][0]):
+                        continue
                     full = series_labels(info.name, labels, instance)
                     if not all(check(full.get(name, "")) for name, check in series_checks):
                         continue
@@ -264,18 +257,66 @@ class SeriesStore:
                         raise SeriesLimit(f"query selects more than {self.max_series} series "
                                           "(read_api.max_series); narrow the selector")
                     if request.series_only:
-                        yield full, np.empty(0, dtype=np.int64), np.empty(0)
+                        yield full, _EMPTY, np.empty(0)
                         continue
-                    yield full, stamps[keep], raw[keep].astype(np.float64) * info.scale
+                    stamps, raw = mine[key]
+                    yield full, stamps, raw.astype(np.float64) * info.scale
+
+
+def _decode_batch(rows: list[tuple[Any, ...]], first_s: int, last_s: int
+                  ) -> dict[str, dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]]:
+    """VM → (metric, instance) → its timestamps and raw values in [first_s, last_s], from
+    the rows (vm_id, metric, instance, start_ms, data) of a batch's requests (days in
+    order). Every window of the batch is decoded in one pass: per series, the numpy calls'
+    own overhead cost more than the bytes they decoded."""
+    if not rows:
+        return {}
+    vms, metrics, instances, starts_ms, blobs = zip(*rows, strict=True)
+    # Runs of rows of one series (a partition's rows come by metric, window, instance: one
+    # run per series unless it has several instances), found with array compares, so the
+    # Python work is per run, not per row.
+    columns = [np.array(column, dtype=object) for column in (vms, metrics, instances)]
+    change = np.zeros(len(rows), dtype=bool)
+    change[0] = True
+    for column in columns:
+        change[1:] |= column[1:] != column[:-1]
+    run_firsts = np.flatnonzero(change)
+    ids: dict[tuple[str, str, str], int] = {}
+    run_ids = np.fromiter((ids.setdefault((vms[i], metrics[i], instances[i]), len(ids))
+                           for i in run_firsts.tolist()), dtype=np.int64,
+                          count=len(run_firsts))
+    row_ids = np.repeat(run_ids, np.diff(np.append(run_firsts, len(rows))))
+    # Grouped by series; each series' windows stay in time order (stable sort; the days'
+    # requests are in order).
+    order = np.argsort(row_ids, kind="stable")
+    starts = np.array(starts_ms, dtype=np.int64)[order] // 1000
+    stamps, raw, counts = decode_windows_counted(starts, [blobs[i] for i in order.tolist()])
+    keep = (stamps >= first_s) & (stamps <= last_s)
+    kept_before = np.concatenate(([0], np.cumsum(keep)))
+    window_first = np.concatenate(([0], np.cumsum(counts)))
+    stamps, raw = stamps[keep], raw[keep]
+    series_ids = row_ids[order]
+    firsts = np.flatnonzero(np.diff(series_ids, prepend=-1))
+    bounds = kept_before[window_first[np.append(firsts, len(rows))]].tolist()
+    keys = list(ids)
+    found: dict[str, dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]] = {}
+    for number, first in enumerate(firsts.tolist()):
+        vm, metric, instance = keys[series_ids[first]]
+        low, high = bounds[number], bounds[number + 1]
+        found.setdefault(vm, {})[(metric, instance)] = (stamps[low:high], raw[low:high])
+    return found
+
 
 def results_in_order(session: Any, statement: Any, params: list[tuple[Any, ...]],
-                     concurrency: int) -> Iterator[list[Any]]:
-    """Rows of each request, in order, with at most ``concurrency`` in flight."""
+                     concurrency: int, profile: Any = None) -> Iterator[list[Any]]:
+    """Rows of each request, in order, with at most ``concurrency`` in flight (with the
+    execution ``profile`` given, or the session's default)."""
     futures: list[Any] = []
     position = 0
+    extra = {} if profile is None else {"execution_profile": profile}
     for index in range(len(params)):
         while position < len(params) and position < index + concurrency:
-            futures.append(session.execute_async(statement, params[position]))
+            futures.append(session.execute_async(statement, params[position], **extra))
             position += 1
         future = futures[index]
         futures[index] = None
