@@ -11,7 +11,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from statsfeeder.readapi.store import END, ERROR, MAGIC
+from statsfeeder.readapi.batch import POINTS_PACKED
+from statsfeeder.readapi.store import END, ERROR, FAILURE, MAGIC
 from statsfeeder.telemetry import ReadApiMetrics
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -44,27 +45,44 @@ def request_metrics(metrics: ReadApiMetrics) -> Middleware:
 
 
 def count_select(metrics: ReadApiMetrics, pieces: Iterable[bytes]) -> None:
-    """Series and samples in one Select's frame pieces, and its outcome. A piece holds
-    whole series (several: the store sends them in 64 KiB pieces), the first starts with the
-    magic and the last ends with the end or error marker."""
-    series = samples = 0
-    outcome = "ok"
-    end = struct.unpack("<I", END)[0]
+    """Series and samples in one Select's frame pieces, and its outcome."""
+    counter = SelectCounter(metrics)
     for piece in pieces:
+        counter.add(piece)
+    counter.finish()
+
+
+class SelectCounter:
+    """Counts a Select's frame as its pieces are sent. A piece holds whole series (several:
+    the store sends them in 64 KiB pieces), the first starts with the magic and the last ends
+    with the end, error (a limit) or failure marker. Packed series carry their sample count."""
+
+    def __init__(self, metrics: ReadApiMetrics) -> None:
+        self._metrics = metrics
+        self.series = self.samples = 0
+        self.outcome = "ok"
+
+    def add(self, piece: bytes) -> None:
         offset = len(MAGIC) if piece.startswith(MAGIC) else 0
         while offset < len(piece):
             (head,) = struct.unpack_from("<I", piece, offset)
-            if head == end:
+            if head == _END:
                 break
-            if head == ERROR:
-                outcome = "limit"
+            if head in (ERROR, FAILURE):
+                self.outcome = "limit" if head == ERROR else "error"
                 break
             offset, count = _series(piece, offset + 4, head)
-            series += 1
-            samples += count
-    metrics.selects.labels(outcome).inc()
-    metrics.series_returned.inc(series)
-    metrics.samples_returned.inc(samples)
+            self.series += 1
+            self.samples += count
+
+    def finish(self) -> None:
+        self._metrics.selects.labels(self.outcome).inc()
+        self._metrics.series_returned.inc(self.series)
+        self._metrics.samples_returned.inc(self.samples)
+
+
+_END = struct.unpack("<I", END)[0]
+_PACKED = struct.Struct("<dqqIII")
 
 
 def _series(piece: bytes, offset: int, labels: int) -> tuple[int, int]:
@@ -76,4 +94,8 @@ def _series(piece: bytes, offset: int, labels: int) -> tuple[int, int]:
         (value_length,) = struct.unpack_from("<I", piece, offset)
         offset += 4 + value_length
     (count,) = struct.unpack_from("<I", piece, offset)
-    return offset + 4 + 16 * count, int(count)
+    offset += 4
+    if count == POINTS_PACKED:
+        _, _, _, samples, windows, size = _PACKED.unpack_from(piece, offset)
+        return offset + _PACKED.size + 12 * windows + size, int(samples)
+    return offset + 16 * count, int(count)

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from statsfeeder.readapi.batch import encode_series
 from statsfeeder.readapi.names import ENTITY_LABELS, series_labels
 from statsfeeder.readapi.store import (
     END,
@@ -32,7 +33,6 @@ from statsfeeder.readapi.store import (
     SelectRequest,
     SeriesLimit,
     SeriesStore,
-    encode_series,
     results_in_order,
 )
 from statsfeeder.rollups.schema import DIRTY_SHARDS, month_of_day, week_of_hour

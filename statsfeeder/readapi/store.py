@@ -20,14 +20,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
 from cassandra.cluster import EXEC_PROFILE_DEFAULT
 from cassandra.query import tuple_factory
 
-from statsfeeder.readapi.decode import decode_windows_counted
+from statsfeeder.readapi import batch as batch_rows
+from statsfeeder.readapi.batch import Packed, encode_packed, encode_series
 from statsfeeder.readapi.index import IndexReader
 from statsfeeder.readapi.names import (
     ENTITY_LABELS,
@@ -44,8 +44,14 @@ Scope = frozenset[str] | None
 MAGIC = b"SFS1"
 END = struct.pack("<I", 0xFFFFFFFF)
 ERROR = 0xFFFFFFFE
-VM_BATCH = 16
-"""VMs per read request (their partitions for one day): fewer, larger requests."""
+FAILURE = 0xFFFFFFFD
+"""After some series were sent: the store failed (Cassandra); the message follows."""
+VM_BATCH = 64
+"""Most VMs per read request (their partitions for one day)."""
+ROWS_PER_REQUEST = 2400
+"""About as many windows per request: Cassandra reads a request's partitions one after
+another, so a long range is read in more, smaller requests in parallel, a short one in fewer
+(the driver's cost is per request). 8 VM-days of one metric."""
 PIECE_BYTES = 1 << 16
 _EMPTY = np.empty(0, dtype=np.int64)
 
@@ -173,12 +179,18 @@ class SeriesStore:
             return Snapshot(self._entities, self._catalog, self._index, self._since, self._ttl)
 
     def select(self, request: SelectRequest, scope: Scope) -> Iterator[bytes]:
-        """The frame for one Select, in pieces; a limit overrun ends it with an error."""
+        """The frame for one Select, in pieces of about PIECE_BYTES as the series are read;
+        a limit overrun ends it with an error. Samples go as stored (packed windows, decoded
+        by the engine) except for metadata answers, which carry none."""
         pending = [MAGIC]
         size = 0
+        first_ms, last_ms = -(-request.start_ms // 1000) * 1000, request.end_ms // 1000 * 1000
         try:
-            for labels, stamps, values in self.series(request, scope):
-                piece = encode_series(labels, stamps, values)
+            for labels, scale, stored in self._selected(request, scope, packed=True):
+                if isinstance(stored, Packed):
+                    piece = encode_packed(labels, stored, scale, first_ms, last_ms)
+                else:
+                    piece = encode_series(labels, *stored)
                 pending.append(piece)
                 size += len(piece)
                 if size >= PIECE_BYTES:  # few, larger writes to the engine
@@ -192,6 +204,15 @@ class SeriesStore:
 
     def series(self, request: SelectRequest, scope: Scope
                ) -> Iterator[tuple[dict[str, str], np.ndarray, np.ndarray]]:
+        """The selected series decoded: labels, timestamps (s), values."""
+        for labels, _, stored in self._selected(request, scope, packed=False):
+            assert not isinstance(stored, Packed)
+            yield labels, *stored
+
+    def _selected(self, request: SelectRequest, scope: Scope, packed: bool
+                  ) -> Iterator[tuple[dict[str, str], float, Packed | tuple[Any, Any]]]:
+        """Labels, scale and samples of each selected series: packed windows (``packed``,
+        the samples of a Select) or timestamps and scaled values (metadata answers: none)."""
         self.refresh()
         checks = [(m.name, m.compile()) for m in request.matchers]
         known = {"__name__", *ENTITY_LABELS, "device"}
@@ -224,7 +245,10 @@ class SeriesStore:
         listed = plan.listed if request.series_only else {}
         vms = [(e, labels) for e, labels in vms if scan or e.vm in plan.reads]
         # One request per batch of VMs and day: the driver's cost is per request.
-        batches = [vms[i:i + VM_BATCH] for i in range(0, len(vms), VM_BATCH)]
+        windows = max(min(last_s, (day + 1) * 86400) - max(first_s - STORAGE_WINDOW, day * 86400)
+                      for day in days) // STORAGE_WINDOW + 1
+        size = max(1, min(VM_BATCH, ROWS_PER_REQUEST // (windows * len(metric_list))))
+        batches = [vms[i:i + size] for i in range(0, len(vms), size)]
         params: list[tuple[Any, ...]] = []
         requests_per_batch: list[int] = []
         for batch in batches:
@@ -240,14 +264,17 @@ class SeriesStore:
                                    self._tuples)
         for batch, requests in zip(batches, requests_per_batch, strict=True):
             rows = [row for _ in range(requests) for row in next(results)]
-            found = _decode_batch(rows, first_s, last_s)
+            found: Mapping[str, Mapping[tuple[str, str], Any]] = (
+                batch_rows.packed(rows, first_s, last_s) if packed and not request.series_only
+                else batch_rows.decoded(rows, first_s, last_s))
             for entity, labels in batch:
                 mine = found.get(entity.vm, {})
                 indexed = listed.get(entity.vm, set())
                 for key in sorted(mine.keys() | indexed):
                     metric, instance = key
                     info = by_metric[metric]
-                    if key not in indexed and not len(mine[key][0]):
+                    stored = mine.get(key)
+                    if key not in indexed and not _samples(stored):
                         continue
                     full = series_labels(info.name, labels, instance)
                     if not all(check(full.get(name, "")) for name, check in series_checks):
@@ -257,54 +284,19 @@ class SeriesStore:
                         raise SeriesLimit(f"query selects more than {self.max_series} series "
                                           "(read_api.max_series); narrow the selector")
                     if request.series_only:
-                        yield full, _EMPTY, np.empty(0)
-                        continue
-                    stamps, raw = mine[key]
-                    yield full, stamps, raw.astype(np.float64) * info.scale
+                        yield full, info.scale, (_EMPTY, np.empty(0))
+                    elif isinstance(stored, Packed):
+                        yield full, info.scale, stored
+                    else:
+                        assert stored is not None
+                        stamps, raw = stored
+                        yield full, info.scale, (stamps, raw.astype(np.float64) * info.scale)
 
 
-def _decode_batch(rows: list[tuple[Any, ...]], first_s: int, last_s: int
-                  ) -> dict[str, dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]]:
-    """VM → (metric, instance) → its timestamps and raw values in [first_s, last_s], from
-    the rows (vm_id, metric, instance, start_ms, data) of a batch's requests (days in
-    order). Every window of the batch is decoded in one pass: per series, the numpy calls'
-    own overhead cost more than the bytes they decoded."""
-    if not rows:
-        return {}
-    vms, metrics, instances, starts_ms, blobs = zip(*rows, strict=True)
-    # Runs of rows of one series (a partition's rows come by metric, window, instance: one
-    # run per series unless it has several instances), found with array compares, so the
-    # Python work is per run, not per row.
-    columns = [np.array(column, dtype=object) for column in (vms, metrics, instances)]
-    change = np.zeros(len(rows), dtype=bool)
-    change[0] = True
-    for column in columns:
-        change[1:] |= column[1:] != column[:-1]
-    run_firsts = np.flatnonzero(change)
-    ids: dict[tuple[str, str, str], int] = {}
-    run_ids = np.fromiter((ids.setdefault((vms[i], metrics[i], instances[i]), len(ids))
-                           for i in run_firsts.tolist()), dtype=np.int64,
-                          count=len(run_firsts))
-    row_ids = np.repeat(run_ids, np.diff(np.append(run_firsts, len(rows))))
-    # Grouped by series; each series' windows stay in time order (stable sort; the days'
-    # requests are in order).
-    order = np.argsort(row_ids, kind="stable")
-    starts = np.array(starts_ms, dtype=np.int64)[order] // 1000
-    stamps, raw, counts = decode_windows_counted(starts, [blobs[i] for i in order.tolist()])
-    keep = (stamps >= first_s) & (stamps <= last_s)
-    kept_before = np.concatenate(([0], np.cumsum(keep)))
-    window_first = np.concatenate(([0], np.cumsum(counts)))
-    stamps, raw = stamps[keep], raw[keep]
-    series_ids = row_ids[order]
-    firsts = np.flatnonzero(np.diff(series_ids, prepend=-1))
-    bounds = kept_before[window_first[np.append(firsts, len(rows))]].tolist()
-    keys = list(ids)
-    found: dict[str, dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]] = {}
-    for number, first in enumerate(firsts.tolist()):
-        vm, metric, instance = keys[series_ids[first]]
-        low, high = bounds[number], bounds[number + 1]
-        found.setdefault(vm, {})[(metric, instance)] = (stamps[low:high], raw[low:high])
-    return found
+def _samples(stored: Packed | tuple[np.ndarray, np.ndarray] | None) -> int:
+    if stored is None:
+        return 0
+    return stored.samples if isinstance(stored, Packed) else len(stored[0])
 
 
 def results_in_order(session: Any, statement: Any, params: list[tuple[Any, ...]],
@@ -321,21 +313,3 @@ def results_in_order(session: Any, statement: Any, params: list[tuple[Any, ...]]
         future = futures[index]
         futures[index] = None
         yield list(future.result())
-
-
-def encode_series(labels: Mapping[str, str], stamps: np.ndarray, values: np.ndarray) -> bytes:
-    # Label order is free: the engine sorts them.
-    out = [struct.pack("<I", len(labels)), *map(_label, labels.items()),
-           struct.pack("<I", len(stamps))]
-    if len(stamps):
-        out.append((stamps.astype("<i8") * 1000).tobytes())
-        out.append(values.astype("<f8").tobytes())
-    return b"".join(out)
-
-
-@lru_cache(maxsize=1 << 17)
-def _label(item: tuple[str, str]) -> bytes:
-    """Most labels repeat across a VM's series and across queries (vm, org, names)."""
-    raw_name, raw_value = item[0].encode(), item[1].encode()
-    return (struct.pack("<H", len(raw_name)) + raw_name + struct.pack("<I", len(raw_value))
-            + raw_value)

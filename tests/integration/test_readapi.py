@@ -327,6 +327,50 @@ async def test_reads_in_vm_batches_keep_every_vm_apart(cassandra_env: dict[str, 
         drop(many)
 
 
+async def test_windows_off_the_grid_and_cut_by_the_range_read_exactly(
+        cassandra_env: dict[str, str]) -> None:
+    """The engine decodes the stored windows itself (packed series): samples off the 20-s
+    grid (their offsets stored), windows with missing slots and several instances of one
+    metric come back exactly, and only those inside the range asked."""
+    from statsfeeder.model import Counter, EntityId, Series, VirtualMachine
+    from statsfeeder.readapi.names import prometheus_name
+
+    rng = np.random.default_rng(23)
+    cpu = Counter("cpu.usage.average", 2, "percent")
+    disk = Counter("disk.read.average", 130, "kiloBytesPerSecond", per_instance=True)
+    entity = EntityId("urn:vcloud:vm:00000077-0000-0000-0000-000000000000", "odd", "app",
+                      "vdc", "acme")
+    grid = np.arange(END - 3 * 3600 + 20, END + 1, 20, dtype=np.int64)
+    jittered = np.unique(grid - rng.integers(0, 19, len(grid)))
+    gappy = grid[rng.random(len(grid)) < 0.6]
+    series = [Series("vc1", "vm-77", cpu, "", jittered,
+                     rng.integers(0, 10_000, len(jittered)), entity)]
+    series += [Series("vc1", "vm-77", disk, device, gappy, rng.integers(0, 5_000, len(gappy)),
+                      entity) for device in ("scsi0:0", "scsi0:1")]
+    odd = create_keyspace(cassandra_env)
+    try:
+        odd.record_counters([cpu, disk])
+        await odd.save_entities([VirtualMachine("vc1", "vm-77", "odd", "", "", True, entity)])
+        await odd.write(series)
+        at = END - 130  # the range's edges cut windows in the middle
+        async with read_api(odd) as (_, client):
+            answer = (await client.get("/api/v1/query", params={
+                "query": '{vm_name="odd"}[1h]', "time": str(at)})).json()
+        got = {(item["metric"]["__name__"], item["metric"].get("device", "")):
+               [(int(t), float(v)) for t, v in item["values"]]
+               for item in answer["data"]["result"]}
+        expected = {}
+        for item in series:
+            keep = (item.timestamps > at - 3600) & (item.timestamps <= at)
+            name = prometheus_name(item.counter.name, item.counter.unit)
+            expected[(name, item.instance)] = [
+                (int(t), float(v) * item.counter.scale)
+                for t, v in zip(item.timestamps[keep], item.values[keep], strict=True)]
+        assert got == expected
+    finally:
+        drop(odd)
+
+
 def test_serve_without_go_or_a_built_engine_says_so_in_one_line(
         sink: CassandraSink, tmp_path: Path, cassandra_env: dict[str, str]) -> None:
     config = tmp_path / "serve.yaml"

@@ -8,8 +8,9 @@ import struct
 import numpy as np
 from prometheus_client import CollectorRegistry
 
+from statsfeeder.readapi.batch import encode_series
 from statsfeeder.readapi.instrument import count_select
-from statsfeeder.readapi.store import END, ERROR, MAGIC, encode_series
+from statsfeeder.readapi.store import END, ERROR, MAGIC
 from statsfeeder.telemetry import ReadApiMetrics
 
 

@@ -26,9 +26,12 @@ import (
 
 // Frame markers after the magic: a series starts with its label count (< markerEnd).
 const (
-	frameMagic  = "SFS1"
-	markerEnd   = 0xFFFFFFFF
-	markerError = 0xFFFFFFFE
+	frameMagic    = "SFS1"
+	markerEnd     = 0xFFFFFFFF
+	markerError   = 0xFFFFFFFE
+	markerFailure = 0xFFFFFFFD
+	// In a series' point count: the series' stored windows follow (packed.go).
+	pointsPacked = 0xFFFFFFFF
 )
 
 type selectRequest struct {
@@ -98,12 +101,12 @@ func (q *remoteQuerier) Select(ctx context.Context, _ bool, hints *storage.Selec
 	// (RE2, fully anchored) decide.
 	matching := series[:0]
 	for _, s := range series {
-		if matchesAll(s.lset, matchers) {
+		if matchesAll(s.Labels(), matchers) {
 			matching = append(matching, s)
 		}
 	}
 	sort.Slice(matching, func(i, j int) bool {
-		return labels.Compare(matching[i].lset, matching[j].lset) < 0
+		return labels.Compare(matching[i].Labels(), matching[j].Labels()) < 0
 	})
 	return &listSet{series: matching, index: -1}
 }
@@ -139,7 +142,7 @@ type storageFailure struct{ message string }
 
 func (e storageFailure) Error() string { return e.message }
 
-func (s *remoteStore) fetch(ctx context.Context, request selectRequest) ([]*memSeries, error) {
+func (s *remoteStore) fetch(ctx context.Context, request selectRequest) ([]storage.Series, error) {
 	body, err := json.Marshal(request)
 	if err != nil {
 		return nil, err
@@ -168,14 +171,16 @@ func (s *remoteStore) fetch(ctx context.Context, request selectRequest) ([]*memS
 
 // decodeFrame reads "SFS1", then per series: u32 label count, per label u16-length-prefixed
 // name and u32-length-prefixed value, u32 point count, the int64 timestamps (ms), the float64
-// values; a u32 markerEnd closes the frame, markerError + a u32-prefixed message aborts it.
-// All little-endian.
-func decodeFrame(r *bufio.Reader) ([]*memSeries, error) {
+// values; or, for a point count of pointsPacked, the stored windows (readPacked). A u32
+// markerEnd closes the frame; markerError (a limit) or markerFailure (the store failed
+// midway) + a u32-prefixed message aborts it. All little-endian. The frame is read as it
+// arrives: the store sends each series once it is read.
+func decodeFrame(r *bufio.Reader) ([]storage.Series, error) {
 	magic := make([]byte, 4)
 	if _, err := io.ReadFull(r, magic); err != nil || string(magic) != frameMagic {
 		return nil, errors.New("storage: bad frame")
 	}
-	var out []*memSeries
+	var out []storage.Series
 	for {
 		count, err := readU32(r)
 		if err != nil {
@@ -190,6 +195,12 @@ func decodeFrame(r *bufio.Reader) ([]*memSeries, error) {
 				return nil, err
 			}
 			return nil, storeError{string(message)}
+		case markerFailure:
+			message, err := readBytes(r, 4)
+			if err != nil {
+				return nil, err
+			}
+			return nil, storageFailure{fmt.Sprintf("storage: %s", message)}
 		}
 		builder := labels.NewScratchBuilder(int(count))
 		for i := uint32(0); i < count; i++ {
@@ -208,6 +219,14 @@ func decodeFrame(r *bufio.Reader) ([]*memSeries, error) {
 		if err != nil {
 			return nil, err
 		}
+		if points == pointsPacked {
+			series, err := readPacked(r, builder.Labels())
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, series)
+			continue
+		}
 		raw := make([]byte, 16*int(points))
 		if _, err := io.ReadFull(r, raw); err != nil {
 			return nil, fmt.Errorf("storage: truncated frame: %w", err)
@@ -219,6 +238,45 @@ func decodeFrame(r *bufio.Reader) ([]*memSeries, error) {
 		}
 		out = append(out, series)
 	}
+}
+
+// readPacked reads a packed series after its marker: f64 scale, i64 first and last
+// timestamp kept (ms), u32 samples in that range, u32 windows, u32 data bytes, the windows'
+// i64 starts (s), their u32 lengths, then their blobs one after another.
+func readPacked(r *bufio.Reader, lset labels.Labels) (*packedSeries, error) {
+	var head [36]byte
+	if _, err := io.ReadFull(r, head[:]); err != nil {
+		return nil, fmt.Errorf("storage: truncated frame: %w", err)
+	}
+	series := &packedSeries{lset: lset,
+		scale: math.Float64frombits(binary.LittleEndian.Uint64(head[0:])),
+		mint:  int64(binary.LittleEndian.Uint64(head[8:])),
+		maxt:  int64(binary.LittleEndian.Uint64(head[16:]))}
+	windows := int(binary.LittleEndian.Uint32(head[28:]))
+	size := int(binary.LittleEndian.Uint32(head[32:]))
+	if uint64(windows)*12+uint64(size) > 1<<34 {
+		return nil, errors.New("storage: bad frame")
+	}
+	raw := make([]byte, 12*windows)
+	if _, err := io.ReadFull(r, raw); err != nil {
+		return nil, fmt.Errorf("storage: truncated frame: %w", err)
+	}
+	series.starts = make([]int64, windows)
+	series.ends = make([]uint32, windows)
+	end := uint32(0)
+	for i := 0; i < windows; i++ {
+		series.starts[i] = int64(binary.LittleEndian.Uint64(raw[8*i:]))
+		end += binary.LittleEndian.Uint32(raw[8*windows+4*i:])
+		series.ends[i] = end
+	}
+	if int(end) != size {
+		return nil, errors.New("storage: bad frame")
+	}
+	series.data = make([]byte, size)
+	if _, err := io.ReadFull(r, series.data); err != nil {
+		return nil, fmt.Errorf("storage: truncated frame: %w", err)
+	}
+	return series, nil
 }
 
 func readU32(r *bufio.Reader) (uint32, error) {
@@ -260,7 +318,7 @@ func (s *memSeries) Iterator(it chunkenc.Iterator) chunkenc.Iterator {
 }
 
 type listSet struct {
-	series []*memSeries
+	series []storage.Series
 	index  int
 }
 
