@@ -19,6 +19,7 @@ import json
 import logging
 import secrets
 import ssl
+import struct
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -33,11 +34,12 @@ from statsfeeder.errors import ConfigError
 from statsfeeder.readapi import params
 from statsfeeder.readapi.auth import Authenticator, Unauthorized, refusal, server_context
 from statsfeeder.readapi.engine import PROMETHEUS_VERSION, EngineProcess, ensure_binary
-from statsfeeder.readapi.instrument import count_select, request_metrics
+from statsfeeder.readapi.instrument import SelectCounter, request_metrics
 from statsfeeder.readapi.metadata import distinct_answer, label_table_response
 from statsfeeder.readapi.params import ApiError
 from statsfeeder.readapi.rollup_select import RollupRequest, RollupSelect, tables_present
-from statsfeeder.readapi.store import Scope, SelectRequest, SeriesStore
+from statsfeeder.readapi.store import FAILURE, Scope, SelectRequest, SeriesStore
+from statsfeeder.readapi.streaming import stream_in_thread
 from statsfeeder.readapi.vcd_sessions import VcdCheckUnavailable
 from statsfeeder.telemetry import ReadApiMetrics
 
@@ -361,24 +363,42 @@ class ReadApi:
         store, rollups = self.store, self.rollups
         assert store is not None
         wanted = RollupRequest.from_json(body) if rollups is not None else None
+        if wanted is not None and rollups is not None:
+            pieces = stream_in_thread(lambda: rollups.select(wanted, scope))
+        else:
+            pieces = stream_in_thread(lambda: store.select(select, scope))
+        counter = SelectCounter(self.metrics)
         try:
-            if wanted is not None and rollups is not None:
-                pieces = await asyncio.to_thread(lambda: list(rollups.select(wanted, scope)))
-            else:
-                pieces = await asyncio.to_thread(lambda: list(store.select(select, scope)))
-        except Exception as exc:  # Cassandra unreachable, timeouts: one line to the caller
-            self.metrics.selects.labels("error").inc()
-            text = " ".join(str(exc).split())[:300]
-            log.error("read API: reading series failed: %s: %s", type(exc).__name__, text)
-            raise web.HTTPInternalServerError(
-                text=f"cassandra: {type(exc).__name__}: {text}") from None
-        count_select(self.metrics, pieces)
-        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
-        await response.prepare(request)
-        for piece in pieces:
-            await response.write(piece)
-        await response.write_eof()
-        return response
+            try:
+                # Until the first piece, a failure is the whole answer's (HTTP 500).
+                first = await anext(pieces)
+            except Exception as exc:  # Cassandra unreachable, timeouts: one line
+                counter.outcome = "error"
+                raise web.HTTPInternalServerError(text=self._failed(exc)) from None
+            response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+            await response.prepare(request)
+            piece: bytes | None = first
+            while piece is not None:
+                counter.add(piece)
+                await response.write(piece)
+                try:
+                    piece = await anext(pieces, None)
+                except Exception as exc:  # midway: the frame ends with the failure
+                    message = self._failed(exc).encode()
+                    piece = struct.pack("<II", FAILURE, len(message)) + message
+                    counter.add(piece)
+                    await response.write(piece)
+                    break
+            await response.write_eof()
+            return response
+        finally:
+            counter.finish()
+            await pieces.aclose()
+
+    def _failed(self, exc: BaseException) -> str:
+        text = " ".join(str(exc).split())[:300]
+        log.error("read API: reading series failed: %s: %s", type(exc).__name__, text)
+        return f"cassandra: {type(exc).__name__}: {text}"
 
     async def _label_table(self, request: web.Request) -> web.Response:
         """The engine's label names/values: distinct projections, no series frame."""
