@@ -35,7 +35,8 @@ class ReadApiMetrics:
             "engine now.", registry=r)
         self.selects = Counter(
             "statsfeeder_read_api_selects_total", "Selects (one selector of a query) read "
-            "from Cassandra, by outcome (ok, limit, error).", ["outcome"], registry=r)
+            "from Cassandra, by outcome (ok, limit, error, canceled).", ["outcome"],
+            registry=r)
         self.series_returned = Counter(
             "statsfeeder_read_api_series_returned_total", "Series returned to the engine by "
             "Selects.", registry=r)

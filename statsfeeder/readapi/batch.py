@@ -54,13 +54,20 @@ class _Groups:
     blobs: list[bytes]
 
 
-def _grouped(rows: list[tuple[Any, ...]]) -> _Groups:
-    vms, metrics, instances, starts_ms, blobs = zip(*rows, strict=True)
+def _grouped(rows: list[tuple[Any, ...]], metric: str | None) -> _Groups:
+    compared: tuple[tuple[Any, ...], ...]
+    if metric is None:
+        vms, metrics, instances, starts_ms, blobs = zip(*rows, strict=True)
+        compared = (vms, metrics, instances)
+    else:  # one metric read: rows without it
+        vms, instances, starts_ms, blobs = zip(*rows, strict=True)
+        metrics = (metric,) * len(rows)
+        compared = (vms, instances)
     # A partition's rows come by metric, window, instance: one run per series unless it has
     # several instances.
     change = np.zeros(len(rows), dtype=bool)
     change[0] = True
-    for values in (vms, metrics, instances):
+    for values in compared:
         column = np.array(values, dtype=object)
         change[1:] |= column[1:] != column[:-1]
     run_firsts = np.flatnonzero(change)
@@ -77,12 +84,13 @@ def _grouped(rows: list[tuple[Any, ...]]) -> _Groups:
                    [blobs[i] for i in order.tolist()])
 
 
-def decoded(rows: list[tuple[Any, ...]], first_s: int, last_s: int
+def decoded(rows: list[tuple[Any, ...]], first_s: int, last_s: int, metric: str | None = None
             ) -> dict[str, dict[Key, tuple[np.ndarray, np.ndarray]]]:
-    """VM → (metric, instance) → its timestamps and raw values in [first_s, last_s]."""
+    """VM → (metric, instance) → its timestamps and raw values in [first_s, last_s]. Rows:
+    (vm_id, metric, instance, start_ms, data), or without metric when ``metric`` is given."""
     if not rows:
         return {}
-    groups = _grouped(rows)
+    groups = _grouped(rows, metric)
     stamps, raw, counts = decode_windows_counted(groups.starts, groups.blobs)
     keep = (stamps >= first_s) & (stamps <= last_s)
     kept_before = np.concatenate(([0], np.cumsum(keep)))
@@ -97,13 +105,13 @@ def decoded(rows: list[tuple[Any, ...]], first_s: int, last_s: int
     return found
 
 
-def packed(rows: list[tuple[Any, ...]], first_s: int, last_s: int
+def packed(rows: list[tuple[Any, ...]], first_s: int, last_s: int, metric: str | None = None
            ) -> dict[str, dict[Key, Packed]]:
     """VM → (metric, instance) → its windows undecoded, with the samples in range counted
-    from the windows' headers (on the 20-s grid: no varint is read)."""
+    from the windows' headers (on the 20-s grid: no varint is read). Rows as ``decoded``."""
     if not rows:
         return {}
-    groups = _grouped(rows)
+    groups = _grouped(rows, metric)
     lengths = np.fromiter(map(len, groups.blobs), dtype=np.int64, count=len(groups.blobs))
     joined = b"".join(groups.blobs)
     data = np.frombuffer(joined, dtype=np.uint8)

@@ -21,7 +21,7 @@ import secrets
 import ssl
 import struct
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -377,23 +377,30 @@ class ReadApi:
                 raise web.HTTPInternalServerError(text=self._failed(exc)) from None
             response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
             await response.prepare(request)
-            piece: bytes | None = first
-            while piece is not None:
-                counter.add(piece)
-                await response.write(piece)
-                try:
-                    piece = await anext(pieces, None)
-                except Exception as exc:  # midway: the frame ends with the failure
-                    message = self._failed(exc).encode()
-                    piece = struct.pack("<II", FAILURE, len(message)) + message
-                    counter.add(piece)
-                    await response.write(piece)
-                    break
-            await response.write_eof()
+            try:
+                await self._send(response, first, pieces, counter)
+            except ConnectionResetError:  # the engine gave the query up (another Select failed)
+                counter.outcome = "canceled"
             return response
         finally:
             counter.finish()
             await pieces.aclose()
+
+    async def _send(self, response: web.StreamResponse, first: bytes,
+                    pieces: AsyncIterator[bytes], counter: SelectCounter) -> None:
+        piece: bytes | None = first
+        while piece is not None:
+            counter.add(piece)
+            await response.write(piece)
+            try:
+                piece = await anext(pieces, None)
+            except Exception as exc:  # midway: the frame ends with the failure
+                message = self._failed(exc).encode()
+                piece = struct.pack("<II", FAILURE, len(message)) + message
+                counter.add(piece)
+                await response.write(piece)
+                break
+        await response.write_eof()
 
     def _failed(self, exc: BaseException) -> str:
         text = " ".join(str(exc).split())[:300]

@@ -141,6 +141,12 @@ class SeriesStore:
             f"FROM {keyspace}.samples "
             "WHERE vm_id IN ? AND day = ? AND metric IN ? AND window_start >= ? "
             "AND window_start <= ?")
+        # One metric (most panels): its name is not sent back with every row.
+        self._read_one = session.prepare(
+            f"SELECT vm_id, instance, toUnixTimestamp(window_start) AS start_ms, data "
+            f"FROM {keyspace}.samples "
+            "WHERE vm_id IN ? AND day = ? AND metric = ? AND window_start >= ? "
+            "AND window_start <= ?")
         # Plain tuples: the driver's named tuple per row costs more than the row's decoding.
         self._tuples = session.execution_profile_clone_update(EXEC_PROFILE_DEFAULT,
                                                               row_factory=tuple_factory)
@@ -236,6 +242,7 @@ class SeriesStore:
         days = range((first_s - STORAGE_WINDOW) // 86400, last_s // 86400 + 1)
         by_metric = {m.metric: m for m in wanted}
         metric_list = sorted(by_metric)
+        one = metric_list[0] if len(metric_list) == 1 else None
         plan = self._index.plan(self._since, days, first_s, last_s, {e.vm for e, _ in vms},
                                 by_metric, cached=request.series_only)
         scan = set(plan.scan_days)
@@ -256,17 +263,17 @@ class SeriesStore:
             for day in days:
                 ids = [e.vm for e, _ in batch if day in scan or day in reads.get(e.vm, ())]
                 if ids:
-                    params.append((ids, day, metric_list, (first_s - STORAGE_WINDOW) * 1000,
-                                   last_s * 1000))
+                    params.append((ids, day, one or metric_list,
+                                   (first_s - STORAGE_WINDOW) * 1000, last_s * 1000))
             requests_per_batch.append(len(params) - before)
         count = 0
-        results = results_in_order(self._session, self._read, params, self._concurrency,
-                                   self._tuples)
+        results = results_in_order(self._session, self._read_one if one else self._read,
+                                   params, self._concurrency, self._tuples)
         for batch, requests in zip(batches, requests_per_batch, strict=True):
             rows = [row for _ in range(requests) for row in next(results)]
             found: Mapping[str, Mapping[tuple[str, str], Any]] = (
-                batch_rows.packed(rows, first_s, last_s) if packed and not request.series_only
-                else batch_rows.decoded(rows, first_s, last_s))
+                batch_rows.packed(rows, first_s, last_s, one) if packed
+                and not request.series_only else batch_rows.decoded(rows, first_s, last_s, one))
             for entity, labels in batch:
                 mine = found.get(entity.vm, {})
                 indexed = listed.get(entity.vm, set())

@@ -72,3 +72,19 @@ def test_a_packed_frame_is_counted() -> None:
     assert registry.get_sample_value("statsfeeder_read_api_series_returned_total") == len(items)
     assert registry.get_sample_value("statsfeeder_read_api_samples_returned_total") == sum(
         item.samples for item in items)
+
+
+def test_rows_of_one_metric_come_without_it() -> None:
+    rows = [row for row in rows_of(random.Random(9)) if row[1] == "disk"]
+    bare = [(vm, instance, start, data) for vm, _, instance, start, data in rows]
+    first_s, last_s = W + 100, W + 3000
+    def plain(found: dict[str, dict[tuple[str, str], Packed]]) -> object:
+        return {vm: {key: (p.starts.tolist(), p.lengths.tolist(), p.data, p.samples)
+                     for key, p in series.items()} for vm, series in found.items()}
+    assert plain(packed(bare, first_s, last_s, "disk")) == plain(packed(rows, first_s, last_s))
+    with_metric = decoded(rows, first_s, last_s)
+    without = decoded(bare, first_s, last_s, "disk")
+    assert {vm: {key: (s.tolist(), v.tolist()) for key, (s, v) in series.items()}
+            for vm, series in without.items()} == {
+        vm: {key: (s.tolist(), v.tolist()) for key, (s, v) in series.items()}
+        for vm, series in with_metric.items()}
