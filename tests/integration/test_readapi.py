@@ -371,6 +371,29 @@ async def test_windows_off_the_grid_and_cut_by_the_range_read_exactly(
         drop(odd)
 
 
+async def test_a_store_failure_after_the_frame_began_is_an_internal_error(
+        sink: CassandraSink) -> None:
+    """Once the first piece of a Select is sent, a failure can no longer be the HTTP status:
+    the frame ends with the failure marker and the caller gets Prometheus's ``internal``
+    error, not a partial answer. The store is wrapped to fail after its first piece (a
+    Cassandra lost in the middle of one Select cannot be arranged on the shared peer)."""
+    from statsfeeder.readapi.store import MAGIC
+
+    async with read_api(sink) as (api, client):
+        assert api.store is not None
+
+        def failing(request: object, scope: object) -> Iterator[bytes]:
+            yield MAGIC
+            raise OSError("connection to Cassandra lost")
+
+        api.store.select = failing  # type: ignore[method-assign,assignment]
+        answer = await client.get("/api/v1/query", params={"query": C, "time": str(END)})
+    assert answer.status_code == 500
+    body = answer.json()
+    assert body["errorType"] == "internal" and "connection to Cassandra lost" in body["error"]
+    assert "data" not in body
+
+
 def test_serve_without_go_or_a_built_engine_says_so_in_one_line(
         sink: CassandraSink, tmp_path: Path, cassandra_env: dict[str, str]) -> None:
     config = tmp_path / "serve.yaml"
