@@ -8,7 +8,7 @@ hops and the engine: what to profile when the read bench shows a Select-bound qu
 Data: bench/readapi_data.py with 2 orgs x 1,000 VMs (the first org's VMs 24 h of CPU), written
 once into the keyspace ``readapi_select_profile`` and kept (``--keep``) for the next run.
 Selects: the org sum's (1,000 VMs x 24 h), the topk-over-1-h's and one VM's ten metrics.
-``--profile`` prints cProfile's top functions of the org sum's Select.
+``--profile`` prints cProfile's top functions of one Select (``--profile-select``).
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--profile-select", type=int, default=0,
+                        help="which Select --profile profiles (0: org sum, 1: topk, 2: one VM)")
     parser.add_argument("--memory", action="store_true", help="tracemalloc peak per Select")
     parser.add_argument("--keep", action="store_true", help="keep the keyspace afterwards")
     args = parser.parse_args()
@@ -90,7 +92,8 @@ def main() -> None:
         if args.profile:
             profile = cProfile.Profile()
             profile.enable()
-            sum(len(piece) for piece in store.select(next(iter(selects.values())), None))
+            chosen = list(selects.values())[args.profile_select]
+            sum(len(piece) for piece in store.select(chosen, None))
             profile.disable()
             pstats.Stats(profile).sort_stats("tottime").print_stats(18)
     finally:
