@@ -1,8 +1,8 @@
 package main
 
 // Packed series: the stored 5-minute windows as Cassandra holds them (blob format version 1,
-// statsfeeder/sinks/cassandra/encoder.py), sent by the store undecoded and decoded here one
-// window at a time while the engine iterates. A query's series then take about the bytes
+// statsfeeder/sinks/cassandra/encoder.py), sent by the store undecoded, checked once as the
+// frame is read and decoded again one window at a time while the engine iterates. A query's series then take about the bytes
 // they take on disk (2-3 per sample) instead of 16 per sample, and no Python process decodes
 // varints.
 
@@ -12,7 +12,9 @@ import (
 
 	"github.com/prometheus/prometheus/model/histogram"
 	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/storage"
 	"github.com/prometheus/prometheus/tsdb/chunkenc"
+	"github.com/prometheus/prometheus/tsdb/chunks"
 )
 
 const (
@@ -32,89 +34,96 @@ type packedSeries struct {
 	starts     []int64  // window starts, seconds, ascending
 	ends       []uint32 // each window's end offset in data
 	data       []byte
+	before     []int32 // in-range samples before each window (and in all, last)
 }
 
 func (s *packedSeries) Labels() labels.Labels { return s.lset }
 
+// Iterator is Prometheus's own list iterator over the samples, which are decoded a window
+// at a time as it reaches them (packedSamples).
 func (s *packedSeries) Iterator(chunkenc.Iterator) chunkenc.Iterator {
-	return &packedIterator{series: s, index: -1}
+	return storage.NewListSeriesIterator(&packedSamples{series: s, window: -1})
 }
 
-type packedIterator struct {
-	series *packedSeries
-	window int // the next window to decode
-	t      []int64
-	v      []float64
-	index  int // position in t/v of the current sample
-	err    error
-	done   bool
+// check decodes every window once, as the frame is read: a malformed one fails the Select
+// then, and each window's in-range sample count is known for packedSamples.
+func (s *packedSeries) check() error {
+	s.before = make([]int32, len(s.starts)+1)
+	var t []int64
+	var v []float64
+	for w := range s.starts {
+		var err error
+		if t, v, err = s.decodeWindow(w, t[:0], v[:0]); err != nil {
+			return err
+		}
+		s.before[w+1] = s.before[w] + int32(len(t))
+	}
+	return nil
 }
 
-// decodeWindow fills the buffer with the in-range samples of window w.
-func (it *packedIterator) decodeWindow(w int) error {
-	s := it.series
+// decodeWindow appends the in-range samples of window w to t and v.
+func (s *packedSeries) decodeWindow(w int, t []int64, v []float64) ([]int64, []float64, error) {
 	begin := uint32(0)
 	if w > 0 {
 		begin = s.ends[w-1]
 	}
+	if begin > s.ends[w] {
+		return t, v, errBlob
+	}
 	blob := s.data[begin:s.ends[w]]
 	start := s.starts[w]
-	it.t, it.v = it.t[:0], it.v[:0]
 	if len(blob) == 0 {
-		return errBlob
+		return t, v, errBlob
 	}
-	var stamps [windowSeconds / slotSeconds]int64
-	var offStamps []int64
-	position := 1
+	var grid [windowSeconds / slotSeconds]int64
 	var times []int64
+	position := 1
 	if blob[0]&flagOnGrid != 0 {
 		if len(blob) < 3 {
-			return errBlob
+			return t, v, errBlob
 		}
 		bitmap := uint16(blob[1]) | uint16(blob[2])<<8
 		n := 0
 		for slot := 0; slot < windowSeconds/slotSeconds; slot++ {
 			if bitmap>>slot&1 == 1 {
-				stamps[n] = start + int64(slotSeconds*(slot+1))
+				grid[n] = start + int64(slotSeconds*(slot+1))
 				n++
 			}
 		}
-		times = stamps[:n]
+		times = grid[:n]
 		position = 3
 	} else {
 		count, next, ok := uvarint(blob, position)
 		if !ok || count > uint64(len(blob)) {
-			return errBlob
+			return t, v, errBlob
 		}
 		position = next
 		at := start
-		offStamps = make([]int64, 0, count)
+		times = make([]int64, 0, count)
 		for i := uint64(0); i < count; i++ {
 			offset, next, ok := uvarint(blob, position)
 			if !ok {
-				return errBlob
+				return t, v, errBlob
 			}
 			position = next
 			at += int64(offset)
-			offStamps = append(offStamps, at)
+			times = append(times, at)
 		}
-		times = offStamps
 	}
 	var value int64
 	for _, stamp := range times {
 		zigzag, next, ok := uvarint(blob, position)
 		if !ok {
-			return errBlob
+			return t, v, errBlob
 		}
 		position = next
 		value += int64(zigzag>>1) ^ -int64(zigzag&1)
-		ms := stamp * 1000
-		if ms >= s.mint && ms <= s.maxt {
-			it.t = append(it.t, ms)
-			it.v = append(it.v, float64(value)*s.scale)
+		if ms := stamp * 1000; ms >= s.mint && ms <= s.maxt {
+			t = append(t, ms)
+			v = append(v, float64(value)*s.scale)
 		}
 	}
-	return nil
+	return t, v, nil
 }
 
 func uvarint(blob []byte, position int) (uint64, int, bool) {
@@ -132,88 +141,43 @@ func uvarint(blob []byte, position int) (uint64, int, bool) {
 	return 0, position, false
 }
 
-// fill moves to the next window holding an in-range sample with a timestamp >= t (seconds
-// precision is enough to skip: an on-grid window's samples are in (start, start+300]).
-func (it *packedIterator) fill(t int64) bool {
-	s := it.series
-	for it.window < len(s.starts) {
-		w := it.window
-		it.window++
-		if (s.starts[w]+windowSeconds)*1000 < t && it.onGrid(w) {
-			continue
+// packedSamples is one iteration's view of a packed series (storage.Samples): the window
+// holding the sample asked for is decoded and kept until another is asked for.
+type packedSamples struct {
+	series *packedSeries
+	window int
+	t      []int64
+	v      []float64
+}
+
+func (p *packedSamples) Len() int { return int(p.series.before[len(p.series.starts)]) }
+
+func (p *packedSamples) Get(i int) chunks.Sample {
+	s := p.series
+	w := p.window
+	if w < 0 || i < int(s.before[w]) || i >= int(s.before[w+1]) {
+		if w >= 0 && w+1 < len(s.starts) && i >= int(s.before[w+1]) && i < int(s.before[w+2]) {
+			w++ // the next window: iterating in order
+		} else {
+			w = sort.Search(len(s.starts), func(k int) bool { return int(s.before[k+1]) > i })
 		}
-		if err := it.decodeWindow(w); err != nil {
-			it.err, it.done = err, true
-			return false
-		}
-		for i, stamp := range it.t {
-			if stamp >= t {
-				it.index = i
-				return true
-			}
-		}
+		// Checked when the frame was read (check), so it decodes.
+		p.t, p.v, _ = s.decodeWindow(w, p.t[:0], p.v[:0])
+		p.window = w
 	}
-	it.done = true
-	return false
+	k := i - int(s.before[w])
+	return floatSample{p.t[k], p.v[k]}
 }
 
-func (it *packedIterator) onGrid(w int) bool {
-	begin := uint32(0)
-	if w > 0 {
-		begin = it.series.ends[w-1]
-	}
-	return begin < it.series.ends[w] && it.series.data[begin]&flagOnGrid != 0
+type floatSample struct {
+	t int64
+	f float64
 }
 
-func (it *packedIterator) Next() chunkenc.ValueType {
-	if it.done {
-		return chunkenc.ValNone
-	}
-	if it.index >= 0 && it.index+1 < len(it.t) {
-		it.index++
-		return chunkenc.ValFloat
-	}
-	if it.fill(-1 << 62) {
-		return chunkenc.ValFloat
-	}
-	return chunkenc.ValNone
-}
-
-func (it *packedIterator) Seek(t int64) chunkenc.ValueType {
-	if it.done {
-		return chunkenc.ValNone
-	}
-	if it.index < 0 {
-		it.index = 0
-		if !it.fill(t) {
-			return chunkenc.ValNone
-		}
-		return chunkenc.ValFloat
-	}
-	if it.t[it.index] >= t {
-		return chunkenc.ValFloat
-	}
-	rest := it.t[it.index:]
-	if found := sort.Search(len(rest), func(i int) bool { return rest[i] >= t }); found < len(rest) {
-		it.index += found
-		return chunkenc.ValFloat
-	}
-	if it.fill(t) {
-		return chunkenc.ValFloat
-	}
-	return chunkenc.ValNone
-}
-
-func (it *packedIterator) At() (int64, float64) { return it.t[it.index], it.v[it.index] }
-
-func (*packedIterator) AtHistogram(*histogram.Histogram) (int64, *histogram.Histogram) {
-	panic("statsfeeder stores no histograms")
-}
-
-func (*packedIterator) AtFloatHistogram(*histogram.FloatHistogram) (int64, *histogram.FloatHistogram) {
-	panic("statsfeeder stores no histograms")
-}
-
-func (it *packedIterator) AtT() int64 { return it.t[it.index] }
-func (*packedIterator) AtST() int64   { return 0 }
-func (it *packedIterator) Err() error { return it.err }
+func (s floatSample) T() int64                    { return s.t }
+func (floatSample) ST() int64                     { return 0 }
+func (s floatSample) F() float64                  { return s.f }
+func (floatSample) H() *histogram.Histogram       { return nil }
+func (floatSample) FH() *histogram.FloatHistogram { return nil }
+func (floatSample) Type() chunkenc.ValueType      { return chunkenc.ValFloat }
+func (s floatSample) Copy() chunks.Sample         { return s }

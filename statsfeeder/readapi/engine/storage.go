@@ -276,6 +276,9 @@ func readPacked(r *bufio.Reader, lset labels.Labels) (*packedSeries, error) {
 	if _, err := io.ReadFull(r, series.data); err != nil {
 		return nil, fmt.Errorf("storage: truncated frame: %w", err)
 	}
+	if err := series.check(); err != nil {
+		return nil, err
+	}
 	return series, nil
 }
 
