@@ -36,11 +36,13 @@ _SLOT_BITS = np.arange(SLOTS, dtype=np.int64)
 @dataclass(frozen=True)
 class Packed:
     """A series' stored windows: starts (s), blob lengths, the blobs joined; ``samples``: how
-    many of their samples fall in the Select's range."""
+    many of their samples fall in the Select's range, [first_s, last_s]."""
     starts: np.ndarray
     lengths: np.ndarray
     data: bytes
     samples: int
+    first_s: int
+    last_s: int
 
 
 @dataclass(frozen=True)
@@ -140,7 +142,7 @@ def packed(rows: list[tuple[Any, ...]], first_s: int, last_s: int, metric: str |
         vm, metric, instance = groups.keys[groups.series_ids[low]]
         found.setdefault(vm, {})[(metric, instance)] = Packed(
             groups.starts[low:high], lengths[low:high],
-            joined[offsets[number]:offsets[number + 1]], samples[number])
+            joined[offsets[number]:offsets[number + 1]], samples[number], first_s, last_s)
     return found
 
 
@@ -148,13 +150,13 @@ def encode_labels(labels: Mapping[str, str]) -> list[bytes]:
     return [struct.pack("<I", len(labels)), *map(_label, labels.items())]
 
 
-def encode_packed(labels: Mapping[str, str], series: Packed, scale: float, first_ms: int,
-                  last_ms: int) -> bytes:
+def encode_packed(labels: Mapping[str, str], series: Packed, scale: float) -> bytes:
     """A packed series (the engine's readPacked): labels, the marker, f64 scale, i64 first
     and last timestamp kept (ms), u32 samples kept, u32 windows, u32 data bytes, i64 starts,
     u32 lengths, the blobs."""
     return b"".join([*encode_labels(labels),
-                     struct.pack("<IdqqIII", POINTS_PACKED, scale, first_ms, last_ms,
+                     struct.pack("<IdqqIII", POINTS_PACKED, scale, series.first_s * 1000,
+                                 series.last_s * 1000,
                                  series.samples, len(series.starts), len(series.data)),
                      series.starts.astype("<i8").tobytes(),
                      series.lengths.astype("<u4").tobytes(), series.data])

@@ -190,11 +190,10 @@ class SeriesStore:
         by the engine) except for metadata answers, which carry none."""
         pending = [MAGIC]
         size = 0
-        first_ms, last_ms = -(-request.start_ms // 1000) * 1000, request.end_ms // 1000 * 1000
         try:
             for labels, scale, stored in self._selected(request, scope, packed=True):
                 if isinstance(stored, Packed):
-                    piece = encode_packed(labels, stored, scale, first_ms, last_ms)
+                    piece = encode_packed(labels, stored, scale)
                 else:
                     piece = encode_series(labels, *stored)
                 pending.append(piece)

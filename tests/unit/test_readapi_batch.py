@@ -64,8 +64,7 @@ def test_a_packed_frame_is_counted() -> None:
     rows = rows_of(random.Random(3))
     stored = packed(rows, W, W + 3600)
     items: list[Packed] = [item for series in stored.values() for item in series.values()]
-    pieces = [MAGIC + b"".join(encode_packed({"__name__": "m", "n": str(n)}, item, 0.01,
-                                             W * 1000, (W + 3600) * 1000)
+    pieces = [MAGIC + b"".join(encode_packed({"__name__": "m", "n": str(n)}, item, 0.01)
                                for n, item in enumerate(items)) + END]
     registry = CollectorRegistry()
     count_select(ReadApiMetrics(registry), pieces)
