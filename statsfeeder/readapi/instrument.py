@@ -61,21 +61,30 @@ class SelectCounter:
         self._metrics = metrics
         self.series = self.samples = 0
         self.outcome = "ok"
+        self.ended = False
+        """A piece held the end, error or failure marker: nothing of this Select follows."""
+        self._finished = False
 
     def add(self, piece: bytes) -> None:
         offset = len(MAGIC) if piece.startswith(MAGIC) else 0
         while offset < len(piece):
             (head,) = struct.unpack_from("<I", piece, offset)
             if head == _END:
+                self.ended = True
                 break
             if head in (ERROR, FAILURE):
                 self.outcome = "limit" if head == ERROR else "error"
+                self.ended = True
                 break
             offset, count = _series(piece, offset + 4, head)
             self.series += 1
             self.samples += count
 
     def finish(self) -> None:
+        """Counts the Select (once)."""
+        if self._finished:
+            return
+        self._finished = True
         self._metrics.selects.labels(self.outcome).inc()
         self._metrics.series_returned.inc(self.series)
         self._metrics.samples_returned.inc(self.samples)

@@ -391,6 +391,8 @@ class ReadApi:
         piece: bytes | None = first
         while piece is not None:
             counter.add(piece)
+            if counter.ended:  # counted before the engine can answer the query
+                counter.finish()
             await response.write(piece)
             try:
                 piece = await anext(pieces, None)
@@ -398,6 +400,7 @@ class ReadApi:
                 message = self._failed(exc).encode()
                 piece = struct.pack("<II", FAILURE, len(message)) + message
                 counter.add(piece)
+                counter.finish()
                 await response.write(piece)
                 break
         await response.write_eof()
