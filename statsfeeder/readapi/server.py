@@ -19,9 +19,8 @@ import json
 import logging
 import secrets
 import ssl
-import struct
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -38,8 +37,8 @@ from statsfeeder.readapi.instrument import SelectCounter, request_metrics
 from statsfeeder.readapi.metadata import distinct_answer, label_table_response
 from statsfeeder.readapi.params import ApiError
 from statsfeeder.readapi.rollup_select import RollupRequest, RollupSelect, tables_present
-from statsfeeder.readapi.store import FAILURE, Scope, SelectRequest, SeriesStore
-from statsfeeder.readapi.streaming import stream_in_thread
+from statsfeeder.readapi.store import Scope, SelectRequest, SeriesStore
+from statsfeeder.readapi.streaming import send_frame, stream_in_thread
 from statsfeeder.readapi.vcd_sessions import VcdCheckUnavailable
 from statsfeeder.telemetry import ReadApiMetrics
 
@@ -378,32 +377,13 @@ class ReadApi:
             response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
             await response.prepare(request)
             try:
-                await self._send(response, first, pieces, counter)
+                await send_frame(response, first, pieces, counter, self._failed)
             except ConnectionResetError:  # the engine gave the query up (another Select failed)
                 counter.outcome = "canceled"
             return response
         finally:
             counter.finish()
             await pieces.aclose()
-
-    async def _send(self, response: web.StreamResponse, first: bytes,
-                    pieces: AsyncIterator[bytes], counter: SelectCounter) -> None:
-        piece: bytes | None = first
-        while piece is not None:
-            counter.add(piece)
-            if counter.ended:  # counted before the engine can answer the query
-                counter.finish()
-            await response.write(piece)
-            try:
-                piece = await anext(pieces, None)
-            except Exception as exc:  # midway: the frame ends with the failure
-                message = self._failed(exc).encode()
-                piece = struct.pack("<II", FAILURE, len(message)) + message
-                counter.add(piece)
-                counter.finish()
-                await response.write(piece)
-                break
-        await response.write_eof()
 
     def _failed(self, exc: BaseException) -> str:
         text = " ".join(str(exc).split())[:300]

@@ -4,8 +4,37 @@ back-pressure: what lets the read API send a Select's frame while the store read
 from __future__ import annotations
 
 import asyncio
+import struct
 import threading
-from collections.abc import AsyncGenerator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+
+from aiohttp import web
+
+from statsfeeder.readapi.instrument import SelectCounter
+from statsfeeder.readapi.store import FAILURE
+
+
+async def send_frame(response: web.StreamResponse, first: bytes, pieces: AsyncIterator[bytes],
+                     counter: SelectCounter, failed: Callable[[BaseException], str]) -> None:
+    """Writes a Select's pieces as they come; a failure midway ends the frame with the
+    failure marker and ``failed``'s one line. The Select is counted before its last piece
+    goes out: the engine may answer the query as soon as it has read it."""
+    piece: bytes | None = first
+    while piece is not None:
+        counter.add(piece)
+        if counter.ended:
+            counter.finish()
+        await response.write(piece)
+        try:
+            piece = await anext(pieces, None)
+        except Exception as exc:
+            message = failed(exc).encode()
+            piece = struct.pack("<II", FAILURE, len(message)) + message
+            counter.add(piece)
+            counter.finish()
+            await response.write(piece)
+            break
+    await response.write_eof()
 
 
 async def stream_in_thread(make: Callable[[], Iterator[bytes]], ahead: int = 4
