@@ -19,7 +19,7 @@ from statsfeeder.model import Counter, EntityId, Series, VirtualMachine
 from statsfeeder.readapi.names import prometheus_name
 from statsfeeder.readapi.server import Authorizer, ReadApi, provider_wide
 from statsfeeder.sinks.cassandra.sink import CassandraSink
-from tests.helpers import cassandra_config, free_port, open_new_keyspace
+from tests.helpers import cassandra_config, drop_keyspace, free_port, open_new_keyspace
 
 COUNTERS = (Counter("cpu.usage.average", 2, "percent"),
             Counter("cpu.usagemhz.average", 6, "megaHertz"),
@@ -119,8 +119,19 @@ async def store_fleet(sink: CassandraSink, fleet: Fleet) -> None:
 
 def drop(sink: CassandraSink) -> None:
     with contextlib.suppress(Exception):
-        sink.session.execute(f"DROP KEYSPACE IF EXISTS {sink.config.keyspace}")
+        drop_keyspace(sink.session, sink.config.keyspace)
     sink.close()
+
+
+@contextlib.contextmanager
+def stored_fleet(cassandra_env: dict[str, str], fleet: Fleet) -> Iterator[CassandraSink]:
+    """A keyspace of its own holding ``fleet``, dropped afterwards (a module fixture's body)."""
+    stored = create_keyspace(cassandra_env)
+    asyncio.run(store_fleet(stored, fleet))
+    try:
+        yield stored
+    finally:
+        drop(stored)
 
 
 @contextlib.asynccontextmanager

@@ -349,7 +349,9 @@ class ReadApi:
         return self._engine
 
     # --- internal: the engine's Selects ------------------------------------------------------
-    async def _select(self, request: web.Request) -> web.StreamResponse:
+    async def _engine_request(self, request: web.Request) -> tuple[dict[str, Any], Scope]:
+        """An internal request's JSON body and the scope it was issued for: only from our
+        engine (the per-process secret) and only for a scope this process handed out."""
         given = request.headers.get(SECRET_HEADER, "")
         if not hmac.compare_digest(given.encode(), self._secret.encode()):
             raise web.HTTPForbidden()
@@ -357,7 +359,10 @@ class ReadApi:
         token = str(body.get("scope", ""))
         if token not in self._scopes:
             raise web.HTTPForbidden(text="unknown scope")
-        scope = self._scopes[token]
+        return body, self._scopes[token]
+
+    async def _select(self, request: web.Request) -> web.StreamResponse:
+        body, scope = await self._engine_request(request)
         select = SelectRequest.from_json(body)
         store, rollups = self.store, self.rollups
         assert store is not None
@@ -392,15 +397,9 @@ class ReadApi:
 
     async def _label_table(self, request: web.Request) -> web.Response:
         """The engine's label names/values: distinct projections, no series frame."""
-        given = request.headers.get(SECRET_HEADER, "")
-        if not hmac.compare_digest(given.encode(), self._secret.encode()):
-            raise web.HTTPForbidden()
-        body = json.loads(await request.read())
-        token = str(body.get("scope", ""))
-        if token not in self._scopes:
-            raise web.HTTPForbidden(text="unknown scope")
+        body, scope = await self._engine_request(request)
         assert self.store is not None
-        return await label_table_response(self.store, body, self._scopes[token])
+        return await label_table_response(self.store, body, scope)
 
 
 async def serve_forever(api: ReadApi, stopping: asyncio.Event) -> None:

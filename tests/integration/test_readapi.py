@@ -33,6 +33,7 @@ from tests.readapi_fleet import (
     read_api,
     served,
     store_fleet,
+    stored_fleet,
 )
 
 C = "vsphere_vm_cpu_usage_average_percent"
@@ -44,10 +45,8 @@ ACME_VMS = {vm.entity.vm for vm in FLEET.vms if vm.entity and vm.entity.org == "
 
 @pytest.fixture(scope="module")
 def sink(cassandra_env: dict[str, str]) -> Iterator[CassandraSink]:
-    stored = create_keyspace(cassandra_env)
-    asyncio.run(store_fleet(stored, FLEET))
-    yield stored
-    drop(stored)
+    with stored_fleet(cassandra_env, FLEET) as stored:
+        yield stored
 
 
 @pytest.fixture(scope="module")

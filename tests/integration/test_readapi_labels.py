@@ -5,7 +5,6 @@ has no labels. (Matcher semantics against the real Prometheus: test_readapi_diff
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -17,7 +16,7 @@ from aiohttp import web
 from statsfeeder.readapi.store import Scope
 from statsfeeder.sinks.cassandra import series_index
 from statsfeeder.sinks.cassandra.sink import CassandraSink
-from tests.readapi_fleet import LAYOUT, Fleet, create_keyspace, drop, served, store_fleet
+from tests.readapi_fleet import LAYOUT, Fleet, served, stored_fleet
 
 C = "vsphere_vm_cpu_usage_average_percent"
 END = int(time.time()) // 300 * 300 - 300
@@ -34,10 +33,8 @@ def values(rows: list[tuple[str, ...]], label: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def sink(cassandra_env: dict[str, str]) -> Iterator[CassandraSink]:
-    stored = create_keyspace(cassandra_env)
-    asyncio.run(store_fleet(stored, FLEET))
-    yield stored
-    drop(stored)
+    with stored_fleet(cassandra_env, FLEET) as stored:
+        yield stored
 
 
 async def only_acme(request: web.Request) -> Scope:

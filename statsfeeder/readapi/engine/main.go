@@ -309,20 +309,29 @@ func (s *server) matcherSets(r *http.Request, required bool) ([][]*labels.Matche
 	return sets, nil
 }
 
-// selectSets answers /series: the union of the series each match[] selects over
-// [start, end], deduplicated and sorted.
-func (s *server) selectSets(r *http.Request, required bool) ([]labels.Labels, *apiError) {
+// matchersOverRange reads a metadata request's match[] sets and its start and end.
+func (s *server) matchersOverRange(r *http.Request, required bool) ([][]*labels.Matcher, time.Time, time.Time, *apiError) {
 	sets, failure := s.matcherSets(r, required)
 	if failure != nil {
-		return nil, failure
+		return nil, time.Time{}, time.Time{}, failure
 	}
 	start, err := seconds(r, "start")
 	if err != nil {
-		return nil, badData(err.Error())
+		return nil, time.Time{}, time.Time{}, badData(err.Error())
 	}
 	end, err := seconds(r, "end")
 	if err != nil {
-		return nil, badData(err.Error())
+		return nil, time.Time{}, time.Time{}, badData(err.Error())
+	}
+	return sets, start, end, nil
+}
+
+// selectSets answers /series: the union of the series each match[] selects over
+// [start, end], deduplicated and sorted.
+func (s *server) selectSets(r *http.Request, required bool) ([]labels.Labels, *apiError) {
+	sets, start, end, failure := s.matchersOverRange(r, required)
+	if failure != nil {
+		return nil, failure
 	}
 	ctx, cancel := s.context(r)
 	defer cancel()

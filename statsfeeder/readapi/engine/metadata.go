@@ -7,11 +7,9 @@ package main
 // matchers only; its Python regular expressions never decide.
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"strings"
 
@@ -40,32 +38,11 @@ func (s *remoteStore) labelsURL() string {
 }
 
 func (s *remoteStore) labelTable(ctx context.Context, request labelTableRequest) (*labelTable, error) {
-	body, err := json.Marshal(request)
+	response, err := s.post(ctx, s.labelsURL(), request, true)
 	if err != nil {
 		return nil, err
-	}
-	httpRequest, err := http.NewRequestWithContext(ctx, http.MethodPost, s.labelsURL(),
-		bytes.NewReader(body))
-	if err != nil {
-		return nil, err
-	}
-	httpRequest.Header.Set("Content-Type", "application/json")
-	httpRequest.Header.Set(secretHeader, s.secret)
-	response, err := s.client.Do(httpRequest)
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
-		return nil, storageFailure{fmt.Sprintf("storage: %v", err)}
 	}
 	defer response.Body.Close()
-	if response.StatusCode != http.StatusOK {
-		text, _ := io.ReadAll(io.LimitReader(response.Body, 4096))
-		if response.StatusCode == http.StatusUnprocessableEntity {
-			return nil, storeError{string(bytes.TrimSpace(text))}
-		}
-		return nil, storageFailure{fmt.Sprintf("storage: %s", bytes.TrimSpace(text))}
-	}
 	table := &labelTable{}
 	if err := json.NewDecoder(response.Body).Decode(table); err != nil {
 		return nil, storageFailure{fmt.Sprintf("storage: bad label table: %v", err)}
@@ -151,17 +128,9 @@ func (t *labelTable) eachMatching(sets [][]*labels.Matcher, columns []string, wi
 
 // labelsFromStore answers /labels (name == "") and /label_values (the values of name).
 func (s *server) labelsFromStore(r *http.Request, name string) (map[string]struct{}, *apiError) {
-	sets, failure := s.matcherSets(r, false)
+	sets, start, end, failure := s.matchersOverRange(r, false)
 	if failure != nil {
 		return nil, failure
-	}
-	start, err := seconds(r, "start")
-	if err != nil {
-		return nil, badData(err.Error())
-	}
-	end, err := seconds(r, "end")
-	if err != nil {
-		return nil, badData(err.Error())
 	}
 	columns := columnsFor(sets, name)
 	request := labelTableRequest{Start: start.UnixMilli(), End: end.UnixMilli(),

@@ -142,13 +142,15 @@ type storageFailure struct{ message string }
 
 func (e storageFailure) Error() string { return e.message }
 
-func (s *remoteStore) fetch(ctx context.Context, request selectRequest) ([]storage.Series, error) {
+// post sends request as JSON to url with the process's secret; the caller closes the body
+// of the response it gets, which answered 200 (anything else is the store's failure, or with
+// unprocessable, a storeError carrying the store's one line).
+func (s *remoteStore) post(ctx context.Context, url string, request any, unprocessable bool) (*http.Response, error) {
 	body, err := json.Marshal(request)
 	if err != nil {
 		return nil, err
 	}
-	httpRequest, err := http.NewRequestWithContext(ctx, http.MethodPost, s.url,
-		bytes.NewReader(body))
+	httpRequest, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
 	if err != nil {
 		return nil, err
 	}
@@ -161,11 +163,23 @@ func (s *remoteStore) fetch(ctx context.Context, request selectRequest) ([]stora
 		}
 		return nil, storageFailure{fmt.Sprintf("storage: %v", err)}
 	}
-	defer response.Body.Close()
 	if response.StatusCode != http.StatusOK {
+		defer response.Body.Close()
 		text, _ := io.ReadAll(io.LimitReader(response.Body, 4096))
+		if unprocessable && response.StatusCode == http.StatusUnprocessableEntity {
+			return nil, storeError{string(bytes.TrimSpace(text))}
+		}
 		return nil, storageFailure{fmt.Sprintf("storage: %s", bytes.TrimSpace(text))}
 	}
+	return response, nil
+}
+
+func (s *remoteStore) fetch(ctx context.Context, request selectRequest) ([]storage.Series, error) {
+	response, err := s.post(ctx, s.url, request, false)
+	if err != nil {
+		return nil, err
+	}
+	defer response.Body.Close()
 	return decodeFrame(bufio.NewReaderSize(response.Body, 1<<16))
 }
 
