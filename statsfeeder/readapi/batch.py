@@ -16,10 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from statsfeeder.model import REALTIME_INTERVAL
-from statsfeeder.readapi.decode import decode_windows_counted
+from statsfeeder.readapi.decode import decode_windows_counted, grid_slots
 from statsfeeder.sinks.cassandra.encoder import (
-    SLOTS,
     VERSION_FLAGS_ON_GRID,
     BlobError,
     decode_window,
@@ -29,8 +27,6 @@ Key = tuple[str, str]
 """(metric, instance)"""
 POINTS_PACKED = 0xFFFFFFFF
 """In a series' point count: its stored windows follow (the engine's pointsPacked)."""
-_SLOT_OFFSETS = REALTIME_INTERVAL * np.arange(1, SLOTS + 1, dtype=np.int64)
-_SLOT_BITS = np.arange(SLOTS, dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -125,10 +121,7 @@ def packed(rows: list[tuple[Any, ...]], first_s: int, last_s: int, metric: str |
         raise BlobError("sample blob is truncated")
     counts = np.zeros(len(lengths), dtype=np.int64)
     grid = np.flatnonzero(on_grid)
-    bitmaps = (data[heads[grid] + 1].astype(np.int64)
-               | data[heads[grid] + 2].astype(np.int64) << 8)
-    present = (bitmaps[:, None] >> _SLOT_BITS) & 1 == 1
-    stamps = groups.starts[grid, None] + _SLOT_OFFSETS
+    present, stamps = grid_slots(data, heads[grid], groups.starts[grid])
     counts[grid] = (present & (stamps >= first_s) & (stamps <= last_s)).sum(axis=1)
     for window in np.flatnonzero(~on_grid).tolist():  # rare: a real vCenter's are on grid
         times, _ = decode_window(int(groups.starts[window]), groups.blobs[window])

@@ -22,6 +22,16 @@ _SLOT_BITS = np.arange(SLOTS, dtype=np.int64)
 _EMPTY = np.empty(0, dtype=np.int64)
 
 
+def grid_slots(data: np.ndarray, heads: np.ndarray, starts: Int64Array
+               ) -> tuple[np.ndarray, Int64Array]:
+    """For on-grid windows whose headers begin at ``heads`` in ``data``: which of their 15
+    slots hold a sample (from the header's bitmap), and every slot's timestamp (window by
+    slot)."""
+    bitmaps = data[heads + 1].astype(np.int64) | data[heads + 2].astype(np.int64) << 8
+    present = (bitmaps[:, None] >> _SLOT_BITS) & 1 == 1
+    return present, starts[:, None] + _SLOT_OFFSETS
+
+
 def decode_windows(starts: Sequence[int] | Int64Array, blobs: Sequence[bytes]
                    ) -> tuple[Int64Array, Int64Array]:
     """Timestamps and raw values of consecutive windows, concatenated in order."""
@@ -42,10 +52,9 @@ def decode_windows_counted(starts: Sequence[int] | Int64Array, blobs: Sequence[b
     heads = np.concatenate(([0], np.cumsum(lengths[:-1])))
     if (lengths < 3).any() or not (data[heads] & VERSION_FLAGS_ON_GRID).all():
         return _one_by_one(starts, blobs)
-    bitmaps = data[heads + 1].astype(np.int64) | data[heads + 2].astype(np.int64) << 8
-    present = (bitmaps[:, None] >> _SLOT_BITS) & 1 == 1
+    present, slot_stamps = grid_slots(data, heads, np.asarray(starts, dtype=np.int64))
     counts = present.sum(axis=1)
-    stamps = (np.asarray(starts, dtype=np.int64)[:, None] + _SLOT_OFFSETS)[present]
+    stamps = slot_stamps[present]
     body = np.ones(len(data), dtype=bool)
     body[heads] = body[heads + 1] = body[heads + 2] = False
     data = data[body]
