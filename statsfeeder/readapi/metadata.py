@@ -21,8 +21,6 @@ the index does not cover falls back to the store's own series listing.
 from __future__ import annotations
 
 import asyncio
-import logging
-import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -39,11 +37,10 @@ from statsfeeder.readapi.store import (
     SelectRequest,
     SeriesLimit,
     SeriesStore,
-    Snapshot,
+    entities_in,
+    failure_line,
+    read_range,
 )
-from statsfeeder.sources.vcenter.query import STORAGE_WINDOW
-
-log = logging.getLogger(__name__)
 
 NAME = "__name__"
 
@@ -103,16 +100,14 @@ def series_keys(store: SeriesStore, request: LabelTableRequest, matchers: tuple[
     exact = tuple(m for m in matchers if m.kind in ("=", "!="))
     checks = [(m.name, m.compile()) for m in exact]
     view = store.snapshot()
-    window = time_window(view, request.start_ms, request.end_ms)
+    window = read_range(request.start_ms, request.end_ms, view.retention_seconds)
     if window is None:
         return
     days, first_s, last_s = window
     by_metric = {m.metric: m for name, m in view.catalog.items()
                  if all(check(name) for label, check in checks if label == NAME)}
     entity_checks = [(n, c) for n, c in checks if n in ENTITY_LABELS]
-    vms = {e.vm: labels for e, labels in view.entities
-           if (scope is None or (e.org and e.org in scope))
-           and all(check(labels.get(name, "")) for name, check in entity_checks)}
+    vms = {e.vm: labels for e, labels in entities_in(view.entities, scope, entity_checks)}
     if not by_metric or not vms:
         return
     listed: Iterable[tuple[str, Iterable[tuple[str, str]]]] | None = None
@@ -146,7 +141,7 @@ def distinct(store: SeriesStore, start_ms: int, end_ms: int, scope: Scope, name:
     matcher to apply, so the read API answers these itself, without the engine, from the
     index's VM-days (one pass, no per-series labels)."""
     view = store.snapshot()
-    window = time_window(view, start_ms, end_ms)
+    window = read_range(start_ms, end_ms, view.retention_seconds)
     if window is None:
         return []
     pairs = view.index.present(view.since, *window)
@@ -156,8 +151,7 @@ def distinct(store: SeriesStore, start_ms: int, end_ms: int, scope: Scope, name:
         pairs_by_vm = [(entity, ((metric, device),)) for entity, metric, device in keys]
         return _reduce(pairs_by_vm, name)
     names = {m.metric: m.name for m in view.catalog.values()}
-    entities = {e.vm: labels for e, labels in view.entities
-                if scope is None or (e.org and e.org in scope)}
+    entities = {e.vm: labels for e, labels in entities_in(view.entities, scope)}
     stored: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] = {}
     found: list[tuple[Mapping[str, str], tuple[tuple[str, str], ...]]] = []
     for vm, series in pairs:
@@ -194,24 +188,6 @@ def _reduce(found: Sequence[tuple[Mapping[str, str], tuple[tuple[str, str], ...]
     return sorted(out)
 
 
-def time_window(view: Snapshot, start_ms: int, end_ms: int
-                ) -> tuple[range, int, int] | None:
-    """The days and seconds a range covers, as SeriesStore.series reads them (nothing older
-    than the TTL is stored); None: nothing."""
-    oldest = int((time.time() - view.retention_seconds - 86400) * 1000)
-    start_ms = max(start_ms, oldest)
-    if end_ms < start_ms:
-        return None
-    first_s, last_s = -(-start_ms // 1000), end_ms // 1000
-    return range((first_s - STORAGE_WINDOW) // 86400, last_s // 86400 + 1), first_s, last_s
-
-
-def _one_line(exc: Exception) -> str:
-    text = " ".join(str(exc).split())[:300]
-    log.error("read API: reading labels failed: %s: %s", type(exc).__name__, text)
-    return f"cassandra: {type(exc).__name__}: {text}"
-
-
 async def distinct_answer(store: SeriesStore, start: float, end: float, scope: Scope,
                           name: str | None) -> list[str]:
     """``distinct`` for the read API (Unix seconds), failures as Prometheus's errors."""
@@ -221,7 +197,7 @@ async def distinct_answer(store: SeriesStore, start: float, end: float, scope: S
     except SeriesLimit as exc:  # only days written before the series index list series
         raise ApiError(params.EXECUTION, str(exc)) from None
     except Exception as exc:  # Cassandra unreachable, timeouts: one line to the caller
-        raise ApiError(params.INTERNAL, _one_line(exc)) from None
+        raise ApiError(params.INTERNAL, failure_line(exc, "labels")) from None
 
 
 async def label_table_response(store: SeriesStore, body: Mapping[str, Any], scope: Scope
@@ -233,5 +209,5 @@ async def label_table_response(store: SeriesStore, body: Mapping[str, Any], scop
     except SeriesLimit as exc:
         raise web.HTTPUnprocessableEntity(text=str(exc)) from None
     except Exception as exc:
-        raise web.HTTPInternalServerError(text=_one_line(exc)) from None
+        raise web.HTTPInternalServerError(text=failure_line(exc, "labels")) from None
     return web.json_response(table)

@@ -37,7 +37,7 @@ from statsfeeder.readapi.instrument import SelectCounter, request_metrics
 from statsfeeder.readapi.metadata import distinct_answer, label_table_response
 from statsfeeder.readapi.params import ApiError
 from statsfeeder.readapi.rollup_select import RollupRequest, RollupSelect, tables_present
-from statsfeeder.readapi.store import Scope, SelectRequest, SeriesStore
+from statsfeeder.readapi.store import Scope, SelectRequest, SeriesStore, failure_line
 from statsfeeder.readapi.streaming import send_frame, stream_in_thread
 from statsfeeder.readapi.vcd_sessions import VcdCheckUnavailable
 from statsfeeder.telemetry import ReadApiMetrics
@@ -391,9 +391,7 @@ class ReadApi:
             await pieces.aclose()
 
     def _failed(self, exc: BaseException) -> str:
-        text = " ".join(str(exc).split())[:300]
-        log.error("read API: reading series failed: %s: %s", type(exc).__name__, text)
-        return f"cassandra: {type(exc).__name__}: {text}"
+        return failure_line(exc, "series")
 
     async def _label_table(self, request: web.Request) -> web.Response:
         """The engine's label names/values: distinct projections, no series frame."""

@@ -14,11 +14,12 @@ series they could match.
 
 from __future__ import annotations
 
+import logging
 import re
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +38,8 @@ from statsfeeder.readapi.names import (
     series_labels,
 )
 from statsfeeder.sources.vcenter.query import STORAGE_WINDOW
+
+log = logging.getLogger(__name__)
 
 Scope = frozenset[str] | None
 """The orgs a caller may read; None: every VM (provider-wide)."""
@@ -227,18 +230,13 @@ class SeriesStore:
                   if all(check(name) for label, check in checks if label == "__name__")]
         entity_checks = [(n, c) for n, c in checks if n in ENTITY_LABELS]
         series_checks = [(n, c) for n, c in checks if n not in ENTITY_LABELS]  # per series
-        vms = [(e, labels) for e, labels in self._entities
-               if (scope is None or (e.org and e.org in scope))]
-        vms = [(e, labels) for e, labels in vms
-               if all(check(labels.get(name, "")) for name, check in entity_checks)]
+        vms = entities_in(self._entities, scope, entity_checks)
         if not wanted or not vms:
             return
-        oldest = (time.time() - self._ttl - 86400) * 1000
-        start_ms, end_ms = max(request.start_ms, int(oldest)), request.end_ms
-        if end_ms < start_ms:
+        span = read_range(request.start_ms, request.end_ms, self._ttl)
+        if span is None:
             return
-        first_s, last_s = -(-start_ms // 1000), end_ms // 1000
-        days = range((first_s - STORAGE_WINDOW) // 86400, last_s // 86400 + 1)
+        days, first_s, last_s = span
         by_metric = {m.metric: m for m in wanted}
         metric_list = sorted(by_metric)
         one = metric_list[0] if len(metric_list) == 1 else None
@@ -303,6 +301,36 @@ def _samples(stored: Packed | tuple[np.ndarray, np.ndarray] | None) -> int:
     if stored is None:
         return 0
     return stored.samples if isinstance(stored, Packed) else len(stored[0])
+
+
+def entities_in(entities: Iterable[tuple[Entity, dict[str, str]]], scope: Scope,
+                checks: Iterable[tuple[str, Callable[[str], bool]]] = ()
+                ) -> list[tuple[Entity, dict[str, str]]]:
+    """The VMs (with their labels) in ``scope`` that pass the entity label ``checks``: the
+    one place a tenant's scope is applied to what is read."""
+    checks = list(checks)
+    return [(e, labels) for e, labels in entities
+            if (scope is None or (e.org and e.org in scope))
+            and all(check(labels.get(name, "")) for name, check in checks)]
+
+
+def read_range(start_ms: int, end_ms: int, retention_seconds: int
+               ) -> tuple[range, int, int] | None:
+    """The days and the seconds [first_s, last_s] a range reads (nothing older than the
+    retention is stored); None: nothing."""
+    oldest = int((time.time() - retention_seconds - 86400) * 1000)
+    start_ms = max(start_ms, oldest)
+    if end_ms < start_ms:
+        return None
+    first_s, last_s = -(-start_ms // 1000), end_ms // 1000
+    return range((first_s - STORAGE_WINDOW) // 86400, last_s // 86400 + 1), first_s, last_s
+
+
+def failure_line(exc: BaseException, reading: str) -> str:
+    """A store failure (Cassandra unreachable, a timeout) as one line for the caller, logged."""
+    text = " ".join(str(exc).split())[:300]
+    log.error("read API: reading %s failed: %s: %s", reading, type(exc).__name__, text)
+    return f"cassandra: {type(exc).__name__}: {text}"
 
 
 def results_in_order(session: Any, statement: Any, params: list[tuple[Any, ...]],
