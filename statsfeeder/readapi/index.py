@@ -16,7 +16,13 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from statsfeeder.sinks.cassandra.series_index import MARKER, SHARDS, TABLE, shard_of, split_key
+from statsfeeder.sinks.cassandra.series_index import (
+    SHARDS,
+    TABLE,
+    indexed_from,
+    shard_of,
+    split_key,
+)
 from statsfeeder.sources.vcenter.query import STORAGE_WINDOW
 
 CACHE_ROWS = 500_000
@@ -65,9 +71,7 @@ class IndexReader:
             "AND vm_id = ?")
 
     def indexed_from(self) -> int | None:
-        rows = list(self._session.execute(
-            f"SELECT version FROM {self._keyspace}.schema_info WHERE key = %s", (MARKER,)))
-        return int(rows[0].version) if rows and rows[0].version is not None else None
+        return indexed_from(self._session, self._keyspace)
 
     def plan(self, since: int | None, days: Iterable[int], first_s: int, last_s: int,
              vms: Collection[str], metrics: Collection[str], cached: bool = False) -> Plan:
