@@ -10,6 +10,7 @@
     │   └── ResponseParseError     malformed QueryPerf answer (retriable: ask again)
     └── SinkError              storage side
         ├── SinkUnavailable        node down, timeout (retriable)
+        │   └── SinkUnreachable        no node answers at all: set aside until a probe does
         ├── SchemaMismatch         keyspace/tables not what this version expects (not retriable)
         └── BatchRejected          the sink refused the data itself (not retriable)
 """
@@ -55,6 +56,11 @@ class SinkError(StatsfeederError):
 
 class SinkUnavailable(SinkError):
     pass
+
+
+class SinkUnreachable(SinkUnavailable):
+    """Not one node or server of the sink could be reached: the service stops collecting for
+    it until a probe answers (the watermarks then backfill what it missed)."""
 
 
 class SchemaMismatch(SinkError):

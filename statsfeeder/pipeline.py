@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from statsfeeder.errors import SinkError
+from statsfeeder.errors import SinkError, SinkUnreachable
 from statsfeeder.model import EntityId, Series, VirtualMachine
 from statsfeeder.sources.vcenter.query import Chunk
 from statsfeeder.sources.vcenter.source import CollectedChunk, VCenterSource
@@ -107,7 +107,8 @@ def watermark_candidates(series: list[Series]) -> dict[str, int]:
 class Pipeline:
     def __init__(self, source: VCenterSource, sinks: list[Sink], retagger: Retagger,
                  telemetry: Telemetry, store: MetadataStore | None = None,
-                 buffer_chunks: int = 8, sink_up: Callable[[str], bool] | None = None) -> None:
+                 buffer_chunks: int = 8, sink_up: Callable[[str], bool] | None = None,
+                 sink_lost: Callable[[str, str], None] | None = None) -> None:
         if not sinks:
             raise ValueError("a pipeline needs at least one sink")
         self.source = source
@@ -118,6 +119,8 @@ class Pipeline:
         self.buffer_chunks = buffer_chunks
         self.watermarks: dict[str, dict[str, int]] = {sink.name: {} for sink in sinks}
         self.sink_up = sink_up or (lambda name: True)
+        self.sink_lost = sink_lost or (lambda name, why: None)
+        """Told when a write found its sink unreachable (``SinkHealth.lost``)."""
         # Where a missing sink's backfill starts for a VM it has no watermark of: the first
         # window collected without it. Kept in memory only while that sink's stored marks
         # could not be read (a stored watermark always wins over a seed).
@@ -196,28 +199,8 @@ class Pipeline:
         report.vms_queried = sum(len(c.vms) for c in chunks)
         for missing in report.missing:
             await self._seed(missing, chunks)
-        queues: dict[str, asyncio.Queue[list[Series] | None]] = {
-            sink.name: asyncio.Queue(maxsize=self.buffer_chunks) for sink in sinks}
-        workers = [asyncio.create_task(self._sink_worker(sink, queues[sink.name], report))
-                   for sink in sinks]
-        try:
-            async for collected in source.collect(chunks):
-                series = await self._prepare(collected, report)
-                if series is None:
-                    continue
-                for sink in sinks:
-                    queue = queues[sink.name]
-                    try:
-                        queue.put_nowait(series)
-                    except asyncio.QueueFull:
-                        # Safe to skip: this sink's watermark does not move, so it is re-read.
-                        report.sink_failures[sink.name] += 1
-                        t.sink_errors.labels(sink.name, "buffer_full").inc()
-                    t.sink_buffer_depth.labels(sink.name).set(queue.qsize())
-        finally:
-            for queue in queues.values():
-                await queue.put(None)
-            await asyncio.gather(*workers)
+        if sinks:
+            await self._collect(chunks, sinks, report)
         if self.store is not None and isinstance(self.store, Flushable):
             try:
                 await self.store.flush()
@@ -230,6 +213,36 @@ class Pipeline:
             t.cycle_last_success.labels(name).set(time.time())
         self.update_lag()
         return report
+
+    async def _collect(self, chunks: list[Chunk], sinks: list[Sink], report: CycleReport
+                       ) -> None:
+        """Stream the chunks from vCenter into each open sink's buffer and worker; stop asking
+        vCenter once every sink has been found unreachable."""
+        t = self.telemetry
+        queues: dict[str, asyncio.Queue[list[Series] | None]] = {
+            sink.name: asyncio.Queue(maxsize=self.buffer_chunks) for sink in sinks}
+        workers = [asyncio.create_task(self._sink_worker(sink, queues[sink.name], report))
+                   for sink in sinks]
+        try:
+            async for collected in self.source.collect(chunks):
+                series = await self._prepare(collected, report)
+                if series is None:
+                    continue
+                for sink in sinks:
+                    queue = queues[sink.name]
+                    try:
+                        queue.put_nowait(series)
+                    except asyncio.QueueFull:
+                        # Safe to skip: this sink's watermark does not move, so it is re-read.
+                        report.sink_failures[sink.name] += 1
+                        t.sink_errors.labels(sink.name, "buffer_full").inc()
+                    t.sink_buffer_depth.labels(sink.name).set(queue.qsize())
+                if not any(self.sink_up(sink.name) for sink in sinks):
+                    break  # every sink unreachable: the rest would only be thrown away
+        finally:
+            for queue in queues.values():
+                await queue.put(None)
+            await asyncio.gather(*workers)
 
     def update_lag(self) -> None:
         """Lag of the oldest collected VM's watermark behind vCenter's clock (estimated from
@@ -266,11 +279,21 @@ class Pipeline:
     async def _sink_worker(self, sink: Sink, queue: asyncio.Queue[list[Series] | None],
                            report: CycleReport) -> None:
         vcenter, t = self.source.name, self.telemetry
+        unreachable = False
         while (series := await queue.get()) is not None:
             t.sink_buffer_depth.labels(sink.name).set(queue.qsize())
+            if unreachable:  # its watermarks stay: re-read once it answers again
+                report.sink_failures[sink.name] += 1
+                continue
             began = time.monotonic()
             try:
                 result = await sink.write(series)
+            except SinkUnreachable as exc:
+                report.sink_failures[sink.name] += 1
+                t.sink_errors.labels(sink.name, type(exc).__name__).inc()
+                unreachable = True
+                self.sink_lost(sink.name, str(exc))
+                continue
             except SinkError as exc:
                 report.sink_failures[sink.name] += 1
                 t.sink_errors.labels(sink.name, type(exc).__name__).inc()

@@ -123,7 +123,8 @@ def build_service(config: Config) -> Service:
     file = WatermarkFile(config.watermarks_file) if config.watermarks_file else None
     service.marks = WatermarkStore(store, file, lambda: service.health.up("cassandra"))
     service.pipelines = [Pipeline(VCenterSource(vc, config.collection), sinks, retagger,
-                                  telemetry, service.marks, sink_up=service.health.up)
+                                  telemetry, service.marks, sink_up=service.health.up,
+                                  sink_lost=service.health.lost)
                          for vc in config.vcenters]
     if store is not None and config.cassandra.rollups.enabled:
         from statsfeeder.rollups.hook import Rollups

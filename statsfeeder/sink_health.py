@@ -7,6 +7,12 @@ they were, so once it is back the next cycle asks vCenter from there (backfill, 
 one-hour realtime retention). Errors that retrying cannot cure (a wrong schema, a bad
 configuration) still end the start-up, as does no sink opening at all: there would be nowhere
 to collect into.
+
+A sink that was open and then cannot be reached at all (``SinkUnreachable`` from a write:
+every Cassandra node down, KairosDB not answering) is set aside the same way (``lost``): the
+cycles stop collecting for it, so an outage costs neither vCenter queries whose samples
+could not be stored nor the memory they would take, and it is probed with the same backoff
+until it answers (``probe``, on the client it has, where the sink has one).
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ FIRST_BACKOFF = 2.0
 @dataclass
 class _State:
     up: bool = False
+    lost: bool = False
+    """Was open, then unreachable: probed rather than opened anew."""
     error: str = ""
     attempts: int = 0
     next_attempt: float = 0.0
@@ -74,6 +82,19 @@ class SinkHealth:
         reasons = "; ".join(error for error in missing.values() if error)
         return (f"degraded: sink {names} missing, collecting into {open_}; retrying"
                 + (f" ({reasons})" if reasons else ""))
+
+    def lost(self, name: str, why: str) -> None:
+        """An open sink could not be reached at all: no more cycles collect for it until a
+        probe (``run``) finds it back."""
+        state = self._state.get(name)
+        if state is None or not state.up:
+            return
+        state.up, state.lost, state.error = False, True, why
+        state.next_attempt = time.monotonic() + state.backoff
+        self.telemetry.sink_up.labels(name).set(0)
+        log.error("%s; not collecting for %s until it answers again (probed from %.0f s, "
+                  "backing off to %.0f s), then backfilling it from its watermarks",
+                  why, name, state.backoff, self.max_backoff)
 
     async def open_all(self) -> None:
         """First attempt for every sink. Raises if a required sink, or every sink, failed,
@@ -127,10 +148,11 @@ class SinkHealth:
         or time out for a moment): it is logged at every attempt."""
         state = self._state[sink.name]
         retried: type[Exception] = Exception if retrying else SinkUnavailable
+        probing = state.lost and hasattr(sink, "probe")
         async with self._lock:
             state.attempts += 1
             try:
-                await asyncio.to_thread(sink.open)
+                await asyncio.to_thread(sink.probe if probing else sink.open)
                 if self.on_open is not None:  # e.g. Cassandra's metric units
                     await self.on_open(sink)
             except retried as exc:
@@ -138,10 +160,11 @@ class SinkHealth:
                 state.next_attempt = time.monotonic() + state.backoff
                 state.backoff = min(state.backoff * 2, self.max_backoff)
                 self.telemetry.sink_open_failures.labels(sink.name).inc()
-                with contextlib.suppress(Exception):  # a half-open client must not leak
-                    sink.close()
+                if not probing:
+                    with contextlib.suppress(Exception):  # a half-open client must not leak
+                        sink.close()
                 raise
-            state.up, state.error, state.backoff = True, "", FIRST_BACKOFF
+            state.up, state.lost, state.error, state.backoff = True, False, "", FIRST_BACKOFF
             self.telemetry.sink_up.labels(sink.name).set(1)
 
 

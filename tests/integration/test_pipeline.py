@@ -16,6 +16,7 @@ import yaml
 from peers import cassandra as cassandra_peer
 from statsfeeder.config import load_config
 from statsfeeder.pipeline import Pipeline
+from statsfeeder.sink_health import SinkHealth
 from statsfeeder.sinks.cassandra import schema
 from statsfeeder.sinks.cassandra.reader import read_series
 from statsfeeder.sinks.cassandra.session import connect
@@ -85,7 +86,9 @@ def test_once_stores_every_powered_on_vm(tmp_path: Path, vcsim_env: dict[str, st
 async def test_sink_outage_is_backfilled_from_the_watermarks(
         tmp_path: Path, vcsim_env: dict[str, str], cassandra_env: dict[str, str],
         request: pytest.FixtureRequest) -> None:
-    """Cassandra down for a few cycles, then back: what is stored has no gap."""
+    """Cassandra down for a few cycles, then back: what is stored has no gap. Once a write
+    finds no node, the sink is set aside: the cycles stop asking vCenter for samples nowhere
+    could store, and it is probed until it answers."""
     keyspace = f"outage_{uuid.uuid4().hex[:8]}"
     config = load_config(write_config(tmp_path / "c.yaml", vcsim_env, cassandra_env, keyspace),
                          environ={"VCSIM_PASSWORD": vcsim_env["VCSIM_PASSWORD"],
@@ -94,10 +97,13 @@ async def test_sink_outage_is_backfilled_from_the_watermarks(
     schema.create(session, config.cassandra)
     cluster.shutdown()
     sink = CassandraSink(config.cassandra)
-    await asyncio.to_thread(sink.open)
+    telemetry = Telemetry()
+    health = SinkHealth([sink], telemetry, max_backoff=4)
+    await health.open_all()
     source = VCenterSource(config.vcenters[0], config.collection)
     await source.start()
-    pipeline = Pipeline(source, [sink], Retagger([]), Telemetry(), sink)
+    pipeline = Pipeline(source, [sink], Retagger([]), telemetry, sink, sink_up=health.up,
+                        sink_lost=health.lost)
     short = ".".join(cassandra_env["CASSANDRA_VERSION"].split(".")[:2])
     try:
         first = await pipeline.run_cycle()
@@ -113,9 +119,19 @@ async def test_sink_outage_is_backfilled_from_the_watermarks(
         assert failed and all(not r.ok and r.written["cassandra"] == 0 for r in failed)
         # nothing acknowledged, nothing advanced
         assert pipeline.watermarks["cassandra"] == marks_before
+        # the first failed write set the sink aside; after it, vCenter was not asked
+        assert failed[0].chunks > 0
+        assert all(r.missing == ["cassandra"] and r.chunks == 0 for r in failed[1:])
+        assert telemetry.sink_up.labels("cassandra")._value.get() == 0
+        assert await health.retry_due() == []  # probed: still down
 
         await asyncio.to_thread(cassandra_peer.start_node, 0, version=short, nodes=1)
-        for _ in range(8):  # the next cycles, until the driver has reconnected (≤ 10 s)
+        for _ in range(12):  # probed until the driver has reconnected
+            await asyncio.sleep(5)
+            if await health.retry_due():
+                break
+        assert health.up("cassandra")
+        for _ in range(8):
             recovered = await pipeline.run_cycle()
             if recovered.ok:
                 break

@@ -13,6 +13,7 @@ from typing import Any
 from cassandra.query import BatchStatement, BatchType
 
 from statsfeeder.config import CassandraConfig
+from statsfeeder.errors import SinkUnavailable
 from statsfeeder.model import Counter, Series, VirtualMachine, WriteResult
 from statsfeeder.sinks.cassandra import schema, series_index
 from statsfeeder.sinks.cassandra.session import connect
@@ -49,6 +50,18 @@ class CassandraSink:
         self._watermark_insert = self._session.prepare(
             f"INSERT INTO {ks}.watermarks (vcenter, sink, moref, last_sample) "
             "VALUES (?, ?, ?, ?)")
+
+    def probe(self) -> None:
+        """Blocking: does a sink that became unreachable answer again? On the session it
+        has (the driver reconnects it itself), so an outage does not build clusters anew."""
+        if self._session is None:
+            self.open()
+            return
+        try:
+            self._session.execute("SELECT release_version FROM system.local")
+        except Exception as exc:  # the driver's own errors: still down
+            raise SinkUnavailable(f"cassandra: still unreachable: {type(exc).__name__}: "
+                                  f"{exc}") from None
 
     def _mark_index(self) -> None:
         """A keyspace older than the index: every day from tomorrow has all its entries (today

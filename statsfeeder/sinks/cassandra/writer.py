@@ -16,7 +16,7 @@ from cassandra import OperationTimedOut, ReadTimeout, Unavailable, WriteTimeout
 from cassandra.cluster import NoHostAvailable
 
 from statsfeeder.config import CassandraConfig
-from statsfeeder.errors import BatchRejected, SinkUnavailable
+from statsfeeder.errors import BatchRejected, SinkUnavailable, SinkUnreachable
 from statsfeeder.model import Series, WriteResult
 from statsfeeder.sinks.cassandra.batches import partition_batches
 from statsfeeder.sinks.cassandra.encoder import encode_window, windows
@@ -95,7 +95,9 @@ class CassandraWriter:
                 return
             except RETRIABLE as exc:
                 if attempt == self._config.write_retries:
-                    raise SinkUnavailable(f"cassandra: write failed after {attempt + 1} "
+                    failure = SinkUnreachable if isinstance(exc, NoHostAvailable) else \
+                        SinkUnavailable
+                    raise failure(f"cassandra: write failed after {attempt + 1} "
                                           f"attempts: {exc.__class__.__name__}: {exc}") from None
                 log.debug("cassandra: retrying a write after %s", exc.__class__.__name__)
                 await asyncio.sleep(delay * (0.5 + random.random()))

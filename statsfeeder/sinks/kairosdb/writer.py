@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 
 from statsfeeder.config import KairosDBConfig
-from statsfeeder.errors import BatchRejected, SinkError, SinkUnavailable
+from statsfeeder.errors import BatchRejected, SinkError, SinkUnavailable, SinkUnreachable
 from statsfeeder.model import Series, WriteResult
 from statsfeeder.sinks.kairosdb.encoder import Encoder, Part, plan
 
@@ -156,10 +156,11 @@ class KairosDBWriter:
         attempts = self.config.retries + 1
         delay = FIRST_BACKOFF
         for attempt in range(1, attempts + 1):
+            unreachable = False
             try:
                 response = await client.post(DATAPOINTS, content=body, headers=headers)
             except httpx.TransportError as exc:
-                problem = describe(exc)
+                problem, unreachable = describe(exc), True
             else:
                 status = response.status_code
                 if status in (200, 204):
@@ -183,7 +184,8 @@ class KairosDBWriter:
                                           f"{error_text(response)}")
                 problem = f"HTTP {status}: {error_text(response)}"
             if attempt == attempts:
-                raise SinkUnavailable(f"kairosdb: write to {self.config.base_url} failed after "
+                failure = SinkUnreachable if unreachable else SinkUnavailable
+                raise failure(f"kairosdb: write to {self.config.base_url} failed after "
                                       f"{attempt} attempts: {problem}")
             self.retries += 1
             log.debug("kairosdb: retrying a write after %s", problem)
@@ -237,5 +239,5 @@ def _summary(failures: list[BaseException], batches: int, samples: int) -> BaseE
     unavailable = [f for f in failures if isinstance(f, SinkUnavailable)]
     first = unavailable[0] if unavailable else failures[0]
     scope = (f" ({len(failures)} of {batches} batches failed)" if batches > 1 else "")
-    kind = SinkUnavailable if unavailable else BatchRejected
+    kind = type(first) if unavailable else BatchRejected  # unreachable stays unreachable
     return kind(f"{first}{scope}")
