@@ -315,6 +315,7 @@ async def run_service(config: Config, drain_seconds: float = 6.0) -> int:
     finally:
         telemetry.up.set(0)
         server.shutdown()
+        server.server_close()
         if read_api is not None:
             await read_api.stop()
         await asyncio.to_thread(service.close)
