@@ -66,6 +66,11 @@ class KairosDBSink:
             self.version = ""
         log.info("kairosdb: %s at %s", self.version or "unknown version", where)
 
+    def probe(self) -> None:
+        """Blocking: does KairosDB answer again after it was unreachable? The same checks as
+        ``open``, keeping the writer's connection pool (nothing to rebuild)."""
+        self.open()
+
     @property
     def in_flight(self) -> int:
         return self._writer.in_flight
