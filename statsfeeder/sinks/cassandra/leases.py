@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from cassandra import ConsistencyLevel
+from cassandra import ConsistencyLevel, ReadTimeout, WriteTimeout
+from cassandra.policies import WriteType
 
 MEMBER_PREFIX = "member:"
 LEASE_PREFIX = "vcenter:"
@@ -49,15 +50,19 @@ class LeaseStore:
             "USING TTL ?", lwt=False)
         self._leave = prepare(f"DELETE FROM {table} WHERE name = ?", lwt=False)
         self._scan = prepare(f"SELECT name, owner FROM {table}", lwt=False)
+        self._owner = prepare(f"SELECT owner FROM {table} WHERE name = ?", lwt=False)
+        self._owner.consistency_level = ConsistencyLevel.SERIAL  # completes a pending round
 
     def acquire(self, name: str, owner: str) -> bool:
-        return self._applied(self._acquire, (LEASE_PREFIX + name, owner, self.lease_seconds))
+        return self._applied(self._acquire, (LEASE_PREFIX + name, owner, self.lease_seconds),
+                             name, owner)
 
     def renew(self, name: str, owner: str) -> bool:
-        return self._applied(self._renew, (self.lease_seconds, owner, LEASE_PREFIX + name, owner))
+        return self._applied(self._renew, (self.lease_seconds, owner, LEASE_PREFIX + name, owner),
+                             name, owner)
 
     def release(self, name: str, owner: str) -> bool:
-        return self._applied(self._release, (LEASE_PREFIX + name, owner))
+        return self._applied(self._release, (LEASE_PREFIX + name, owner), name, None)
 
     def join(self, instance: str) -> None:
         self._session.execute(self._join, (MEMBER_PREFIX + instance, instance,
@@ -78,5 +83,22 @@ class LeaseStore:
                 holders[row.name[len(LEASE_PREFIX):]] = row.owner
         return LeaseSnapshot(frozenset(members), holders)
 
-    def _applied(self, statement: Any, values: tuple[Any, ...]) -> bool:
-        return bool(self._session.execute(statement, values).was_applied)
+    def _applied(self, statement: Any, values: tuple[Any, ...], name: str,
+                 owner_after: str | None) -> bool:
+        """Whether the transaction took effect. A CAS write that timed out (contention, a
+        replica down) may or may not have: a read at SERIAL finishes any round in progress
+        and shows the owner, which says which."""
+        try:
+            return bool(self._session.execute(statement, values).was_applied)
+        except WriteTimeout as exc:
+            if exc.write_type != WriteType.CAS:
+                raise
+        attempts = 3
+        for attempt in range(1, attempts + 1):
+            try:
+                row = self._session.execute(self._owner, (LEASE_PREFIX + name,)).one()
+                break
+            except (ReadTimeout, WriteTimeout):  # the read's own Paxos round met contention
+                if attempt == attempts:
+                    raise
+        return (row.owner if row is not None else None) == owner_after
