@@ -258,6 +258,11 @@ class ReadApiConfig(ReadApiAccess):
     """How long the VM list and metric units are reused before they are read again."""
     engine_binary: Path | None = None
     """A prebuilt PromQL engine; by default it is built once with Go and cached."""
+    cache_mb: Annotated[int, Field(ge=0, le=1 << 20)] = 256
+    """Memory for the stored windows of settled hours (0: every Select reads Cassandra)."""
+    cache_settled_minutes: Annotated[int, Field(ge=10, le=10080)] = 90
+    """Hours that ended this long ago are final and may be kept: more than a collector's
+    ``collection.max_lookback_seconds`` plus one 5-minute window."""
     rollups: bool = True
     """Answer avg/max/min/sum/count_over_time over whole hours or days at an hour-aligned
     step from the roll-up tables (docs/operations.md lists exactly which queries)."""
@@ -323,6 +328,20 @@ class Config(Strict):
         if self.read_api.enabled and not self.cassandra.enabled:
             raise ValueError("read_api.enabled needs cassandra.enabled: it reads from there")
         return self
+
+    @field_validator("read_api")
+    @classmethod
+    def _settled_after_the_lookback(cls, value: ReadApiConfig, info: ValidationInfo
+                                    ) -> ReadApiConfig:
+        """Hours a collector may still rewrite must not be kept by the read API."""
+        collection = info.data.get("collection")
+        if collection is not None and value.cache_mb and (
+                value.cache_settled_minutes * 60 <= collection.max_lookback_seconds + 300):
+            raise ValueError(
+                f"cache_settled_minutes ({value.cache_settled_minutes}) must exceed "
+                f"collection.max_lookback_seconds ({collection.max_lookback_seconds} s) plus "
+                "5 minutes: those hours may still be rewritten")
+        return value
 
     @field_validator("vcenters")
     @classmethod

@@ -49,6 +49,13 @@ class ReadApiMetrics:
         self.engine_restarts = Counter(
             "statsfeeder_read_api_engine_restarts_total", "PromQL engine children started "
             "again after one exited.", registry=r)
+        self.cache_lookups = Counter(
+            "statsfeeder_read_api_cache_lookups_total", "VM-days of Selects looked up among "
+            "the kept settled hours, by result (hit: no Cassandra read for them; miss).",
+            ["result"], registry=r)
+        self.cache_bytes = Gauge(
+            "statsfeeder_read_api_cache_bytes", "Memory held by kept windows of settled "
+            "hours (estimate; read_api.cache_mb bounds it).", registry=r)
         self.auth_failures = Counter(
             "statsfeeder_read_api_auth_failures_total", "Refused requests, by reason (missing, "
             "malformed, invalid, expired, vcd_unavailable).", ["reason"], registry=r)

@@ -37,6 +37,7 @@ from statsfeeder.readapi.instrument import SelectCounter, request_metrics
 from statsfeeder.readapi.metadata import distinct_answer, label_table_response
 from statsfeeder.readapi.params import ApiError
 from statsfeeder.readapi.rollup_select import RollupRequest, RollupSelect, tables_present
+from statsfeeder.readapi.settled import settled_cache
 from statsfeeder.readapi.store import Scope, SelectRequest, SeriesStore, failure_line
 from statsfeeder.readapi.streaming import send_frame, stream_in_thread
 from statsfeeder.readapi.vcd_sessions import VcdCheckUnavailable
@@ -127,7 +128,8 @@ class ReadApi:
                                 retention_seconds=self._retention,
                                 max_series=self.config.max_series,
                                 concurrency=self.config.read_concurrency,
-                                cache_seconds=self.config.entities_cache_seconds)
+                                cache_seconds=self.config.entities_cache_seconds,
+                                settled=settled_cache(self.config, self.metrics))
             # Roll-ups that no worker writes (cassandra.rollups.enabled: false) would answer
             # with holes: the raw samples answer everything then.
             if self.config.rollups and self.cassandra.rollups.enabled and tables_present(

@@ -37,6 +37,7 @@ from statsfeeder.readapi.names import (
     catalog,
     series_labels,
 )
+from statsfeeder.readapi.settled import DayRead, SettledCache
 from statsfeeder.sources.vcenter.query import STORAGE_WINDOW
 
 log = logging.getLogger(__name__)
@@ -125,13 +126,16 @@ class SeriesStore:
     """Reads series for the read API; blocking (driver calls): run it in a worker thread."""
 
     def __init__(self, session: Any, keyspace: str, *, retention_seconds: int, max_series: int,
-                 concurrency: int = 32, cache_seconds: float = 60.0) -> None:
+                 concurrency: int = 32, cache_seconds: float = 60.0,
+                 settled: SettledCache | None = None) -> None:
         self._session = session
         self._keyspace = keyspace
         self._ttl = retention_seconds
         self.max_series = max_series
         self._concurrency = concurrency
         self._cache_seconds = cache_seconds
+        # Without a cache of settled hours every Select reads its whole range.
+        self._cache = settled if settled is not None else SettledCache(0, 0)
         self._lock = threading.Lock()
         self._loaded_at = -1e18
         self._entities: list[tuple[Entity, dict[str, str]]] = []
@@ -254,20 +258,26 @@ class SeriesStore:
         size = max(1, min(VM_BATCH, ROWS_PER_REQUEST // (windows * len(metric_list))))
         batches = [vms[i:i + size] for i in range(0, len(vms), size)]
         params: list[tuple[Any, ...]] = []
-        requests_per_batch: list[int] = []
+        day_reads: list[list[DayRead]] = []
         for batch in batches:
-            before = len(params)
+            day_reads.append([])
             for day in days:
                 ids = [e.vm for e, _ in batch if day in scan or day in reads.get(e.vm, ())]
                 if ids:
-                    params.append((ids, day, one or metric_list,
-                                   (first_s - STORAGE_WINDOW) * 1000, last_s * 1000))
-            requests_per_batch.append(len(params) - before)
+                    read = self._cache.plan(ids, day, metric_list, one is not None,
+                                            (first_s - STORAGE_WINDOW) * 1000, last_s * 1000)
+                    day_reads[-1].append(read)
+                    if read.fill is not None:
+                        params.append((read.fill_ids, day, one or metric_list, *read.fill))
+                    if read.fresh is not None:
+                        params.append((ids, day, one or metric_list, *read.fresh))
         count = 0
         results = results_in_order(self._session, self._read_one if one else self._read,
                                    params, self._concurrency, self._tuples)
-        for batch, requests in zip(batches, requests_per_batch, strict=True):
-            rows = [row for _ in range(requests) for row in next(results)]
+        for batch, batch_reads in zip(batches, day_reads, strict=True):
+            rows = [row for read in batch_reads for row in self._cache.assemble(
+                read, next(results) if read.fill is not None else None,
+                next(results) if read.fresh is not None else None)]
             found: Mapping[str, Mapping[tuple[str, str], Any]] = (
                 batch_rows.packed(rows, first_s, last_s, one) if packed
                 and not request.series_only else batch_rows.decoded(rows, first_s, last_s, one))

@@ -199,6 +199,9 @@ def test_ca_file_missing_or_not_pem(tmp_path: Path, section: str) -> None:
     ({"vcenters": [VC], "cassandra": {"replication": {
         "strategy": "NetworkTopologyStrategy", "datacenters": {"dc1'}; DROP KEYSPACE x; --": 3}}}},
      "config: cassandra.replication.datacenters: not a valid datacenter name"),
+    ({"vcenters": [VC], "read_api": {"cache_settled_minutes": 60}},
+     "config: read_api: cache_settled_minutes (60) must exceed "
+     "collection.max_lookback_seconds (3300 s) plus 5 minutes"),
 ])
 def test_careless_values_are_refused(raw: dict[str, Any], expected: str) -> None:
     assert refused(raw).startswith(expected) or expected in refused(raw)
