@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.readapi_data import fleet, plan, write_cassandra
 from peers import cassandra
+from statsfeeder.readapi.settled import SettledCache
 from statsfeeder.readapi.store import Matcher, SelectRequest, SeriesStore
 from statsfeeder.sinks.cassandra.session import connect
 from tests.helpers import cassandra_config
@@ -45,6 +46,8 @@ def main() -> None:
                         help="which Select --profile profiles (0: org sum, 1: topk, 2: one VM)")
     parser.add_argument("--memory", action="store_true", help="tracemalloc peak per Select")
     parser.add_argument("--keep", action="store_true", help="keep the keyspace afterwards")
+    parser.add_argument("--cache-mb", type=int, default=0,
+                        help="keep settled hours in memory (read_api.cache_mb; 0: off)")
     args = parser.parse_args()
     env_c = cassandra.up(SimpleNamespace(cassandra="3.11", cassandra_nodes=1))
     config = cassandra_config(env_c, keyspace=KEYSPACE, ttl_days=3)
@@ -60,7 +63,8 @@ def main() -> None:
         samples, seconds = asyncio.run(write_cassandra(config, vms, 1000, p))
         marker.write_text(str(p.end))
         print(f"wrote {samples:,} samples in {seconds:.0f} s", flush=True)
-    store = SeriesStore(session, KEYSPACE, retention_seconds=3 * 86400, max_series=100_000)
+    store = SeriesStore(session, KEYSPACE, retention_seconds=3 * 86400, max_series=100_000,
+                        settled=SettledCache(args.cache_mb << 20, 90 * 60))
     look = 600_000
     selects = {
         "org sum, 1,000 VMs x 24 h": SelectRequest(

@@ -8,6 +8,7 @@ cost more than the bytes themselves.
 
 from __future__ import annotations
 
+import itertools
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -82,19 +83,21 @@ def _grouped(rows: list[tuple[Any, ...]], metric: str | None) -> _Groups:
                    [blobs[i] for i in order.tolist()])
 
 
-def decoded(rows: list[tuple[Any, ...]], first_s: int, last_s: int, metric: str | None = None
+def decoded(rows: list[tuple[Any, ...]], first_s: int, last_s: int, metric: str | None = None,
+            settled: Mapping[SeriesKey, list[Windows]] | None = None
             ) -> dict[str, dict[Key, tuple[np.ndarray, np.ndarray]]]:
     """VM → (metric, instance) → its timestamps and raw values in [first_s, last_s]. Rows:
-    (vm_id, metric, instance, start_ms, data), or without metric when ``metric`` is given."""
-    if not rows:
+    (vm_id, metric, instance, start_ms, data), or without metric when ``metric`` is given;
+    ``settled`` as ``packed``'s."""
+    groups = _groups(rows, metric, settled)
+    if groups is None:
         return {}
-    groups = _grouped(rows, metric)
     stamps, raw, counts = decode_windows_counted(groups.starts, groups.blobs)
     keep = (stamps >= first_s) & (stamps <= last_s)
     kept_before = np.concatenate(([0], np.cumsum(keep)))
     window_first = np.concatenate(([0], np.cumsum(counts)))
     stamps, raw = stamps[keep], raw[keep]
-    bounds = kept_before[window_first[np.append(groups.firsts, len(rows))]].tolist()
+    bounds = kept_before[window_first[np.append(groups.firsts, len(groups.blobs))]].tolist()
     found: dict[str, dict[Key, tuple[np.ndarray, np.ndarray]]] = {}
     for number, first in enumerate(groups.firsts.tolist()):
         vm, metric, instance = groups.keys[groups.series_ids[first]]
@@ -103,13 +106,75 @@ def decoded(rows: list[tuple[Any, ...]], first_s: int, last_s: int, metric: str 
     return found
 
 
-def packed(rows: list[tuple[Any, ...]], first_s: int, last_s: int, metric: str | None = None
-           ) -> dict[str, dict[Key, Packed]]:
-    """VM → (metric, instance) → its windows undecoded, with the samples in range counted
-    from the windows' headers (on the 20-s grid: no varint is read). Rows as ``decoded``."""
+Windows = tuple[np.ndarray, tuple[bytes, ...]]
+"""Some windows of one series in time order: their starts (s) and blobs."""
+SeriesKey = tuple[str, str, str]
+"""(VM, metric, instance)"""
+
+
+def hourly(rows: list[tuple[Any, ...]], metric: str | None = None
+           ) -> dict[SeriesKey, dict[int, Windows]]:
+    """Rows (as ``decoded``) as each series' windows by the hour they start in (s)."""
     if not rows:
         return {}
     groups = _grouped(rows, metric)
+    bounds = np.append(groups.firsts, len(groups.blobs)).tolist()
+    found: dict[SeriesKey, dict[int, Windows]] = {}
+    for number in range(len(groups.firsts)):
+        low, high = bounds[number], bounds[number + 1]
+        starts = groups.starts[low:high].copy()
+        hours = starts // 3600 * 3600
+        edges = np.flatnonzero(np.diff(hours)) + 1
+        cuts = [0, *edges.tolist(), len(starts)]
+        blobs = groups.blobs[low:high]
+        found[groups.keys[groups.series_ids[low]]] = {
+            int(hours[a]): (starts[a:b], tuple(blobs[a:b])) for a, b in itertools.pairwise(cuts)}
+    return found
+
+
+def _merged(settled: Mapping[SeriesKey, list[Windows]], fresh: _Groups | None) -> _Groups:
+    """Each series' settled windows (kept or just read whole hours) followed by its fresh
+    ones, as one batch's groups."""
+    parts: dict[SeriesKey, list[Windows]] = {key: list(w) for key, w in settled.items()}
+    if fresh is not None:
+        bounds = np.append(fresh.firsts, len(fresh.blobs)).tolist()
+        for number in range(len(fresh.firsts)):
+            low, high = bounds[number], bounds[number + 1]
+            key = fresh.keys[fresh.series_ids[low]]
+            parts.setdefault(key, []).append((fresh.starts[low:high],
+                                              tuple(fresh.blobs[low:high])))
+    keys = [key for key, windows in parts.items() if any(len(s) for s, _ in windows)]
+    blobs: list[bytes] = []
+    starts: list[np.ndarray] = []
+    sizes = []
+    for key in keys:
+        before = len(blobs)
+        for stamps, kept in parts[key]:
+            starts.append(stamps)
+            blobs.extend(kept)
+        sizes.append(len(blobs) - before)
+    series_ids = np.repeat(np.arange(len(keys), dtype=np.int64), sizes)
+    return _Groups(keys, series_ids, np.flatnonzero(np.diff(series_ids, prepend=-1)),
+                   np.concatenate(starts) if starts else np.empty(0, dtype=np.int64), blobs)
+
+
+def _groups(rows: list[tuple[Any, ...]], metric: str | None,
+            settled: Mapping[SeriesKey, list[Windows]] | None) -> _Groups | None:
+    if settled:
+        groups = _merged(settled, _grouped(rows, metric) if rows else None)
+        return groups if groups.blobs else None
+    return _grouped(rows, metric) if rows else None
+
+
+def packed(rows: list[tuple[Any, ...]], first_s: int, last_s: int, metric: str | None = None,
+           settled: Mapping[SeriesKey, list[Windows]] | None = None
+           ) -> dict[str, dict[Key, Packed]]:
+    """VM → (metric, instance) → its windows undecoded, with the samples in range counted
+    from the windows' headers (on the 20-s grid: no varint is read). Rows as ``decoded``;
+    ``settled``: windows of each series to put before the rows' (SettledCache)."""
+    groups = _groups(rows, metric, settled)
+    if groups is None:
+        return {}
     lengths = np.fromiter(map(len, groups.blobs), dtype=np.int64, count=len(groups.blobs))
     joined = b"".join(groups.blobs)
     data = np.frombuffer(joined, dtype=np.uint8)
@@ -126,7 +191,7 @@ def packed(rows: list[tuple[Any, ...]], first_s: int, last_s: int, metric: str |
     for window in np.flatnonzero(~on_grid).tolist():  # rare: a real vCenter's are on grid
         times, _ = decode_window(int(groups.starts[window]), groups.blobs[window])
         counts[window] = int(((times >= first_s) & (times <= last_s)).sum())
-    bounds = np.append(groups.firsts, len(rows))
+    bounds = np.append(groups.firsts, len(groups.blobs))
     samples = np.add.reduceat(counts, groups.firsts).tolist()
     edges, offsets = bounds.tolist(), heads[bounds].tolist()
     found: dict[str, dict[Key, Packed]] = {}

@@ -37,7 +37,7 @@ from statsfeeder.readapi.names import (
     catalog,
     series_labels,
 )
-from statsfeeder.readapi.settled import DayRead, SettledCache
+from statsfeeder.readapi.settled import NO_CACHE, DayRead, Settled, SettledCache
 from statsfeeder.sources.vcenter.query import STORAGE_WINDOW
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ class SeriesStore:
         self._concurrency = concurrency
         self._cache_seconds = cache_seconds
         # Without a cache of settled hours every Select reads its whole range.
-        self._cache = settled if settled is not None else SettledCache(0, 0)
+        self._cache = settled if settled is not None else NO_CACHE
         self._lock = threading.Lock()
         self._loaded_at = -1e18
         self._entities: list[tuple[Entity, dict[str, str]]] = []
@@ -257,6 +257,7 @@ class SeriesStore:
                       for day in days) // STORAGE_WINDOW + 1
         size = max(1, min(VM_BATCH, ROWS_PER_REQUEST // (windows * len(metric_list))))
         batches = [vms[i:i + size] for i in range(0, len(vms), size)]
+        cache = NO_CACHE if request.series_only else self._cache
         params: list[tuple[Any, ...]] = []
         day_reads: list[list[DayRead]] = []
         for batch in batches:
@@ -264,7 +265,7 @@ class SeriesStore:
             for day in days:
                 ids = [e.vm for e, _ in batch if day in scan or day in reads.get(e.vm, ())]
                 if ids:
-                    read = self._cache.plan(ids, day, metric_list, one is not None,
+                    read = cache.plan(ids, day, metric_list, one is not None,
                                             (first_s - STORAGE_WINDOW) * 1000, last_s * 1000)
                     day_reads[-1].append(read)
                     if read.fill is not None:
@@ -275,12 +276,17 @@ class SeriesStore:
         results = results_in_order(self._session, self._read_one if one else self._read,
                                    params, self._concurrency, self._tuples)
         for batch, batch_reads in zip(batches, day_reads, strict=True):
-            rows = [row for read in batch_reads for row in self._cache.assemble(
-                read, next(results) if read.fill is not None else None,
-                next(results) if read.fresh is not None else None)]
+            rows: list[tuple[Any, ...]] = []
+            settled: Settled = {}
+            for read in batch_reads:
+                filled = next(results) if read.fill is not None else None
+                cache.collect(read, filled, settled)
+                if read.fresh is not None:
+                    rows.extend(next(results))
             found: Mapping[str, Mapping[tuple[str, str], Any]] = (
-                batch_rows.packed(rows, first_s, last_s, one) if packed
-                and not request.series_only else batch_rows.decoded(rows, first_s, last_s, one))
+                batch_rows.packed(rows, first_s, last_s, one, settled) if packed
+                and not request.series_only
+                else batch_rows.decoded(rows, first_s, last_s, one, settled))
             for entity, labels in batch:
                 mine = found.get(entity.vm, {})
                 indexed = listed.get(entity.vm, set())
