@@ -4,7 +4,13 @@ dropped first."""
 
 from __future__ import annotations
 
-from statsfeeder.readapi.settled import DAY_MS, HOUR_MS, SettledCache
+from statsfeeder.readapi.settled import (
+    DAY_MS,
+    ENTRY_BYTES,
+    HOUR_MS,
+    WINDOW_BYTES,
+    SettledCache,
+)
 
 DAY = 20_000
 NOON = DAY * 86400 + 12 * 3600
@@ -79,11 +85,12 @@ def keep(cache: SettledCache, vm: str, hour: int, rows: list) -> None:
 
 
 def test_least_recently_used_go_first_beyond_the_bound() -> None:
-    cache = SettledCache(700, 90 * 60, clock=Clock(NOON))
+    one = ENTRY_BYTES + WINDOW_BYTES + 20  # an entry of one 20-byte window
+    cache = SettledCache(2 * one + one // 2, 90 * 60, clock=Clock(NOON))
     hour = (NOON - 5 * 3600) * 1000
     for vm in ("a", "b", "c"):
         keep(cache, vm, hour, [(vm, "", hour, b"x" * 20)])
-    assert len(cache) == 2 and cache.bytes <= 700  # "a" went
+    assert len(cache) == 2 and cache.bytes == 2 * one  # "a" went
     assert cache.plan(["b"], DAY, ["cpu"], True, hour, hour + HOUR_MS - 1).fill is None
     keep(cache, "a", hour, [("a", "", hour, b"x" * 20)])
     assert cache.plan(["c"], DAY, ["cpu"], True, hour, hour + HOUR_MS - 1).fill_ids == ["c"]
