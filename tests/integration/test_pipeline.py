@@ -120,8 +120,14 @@ async def test_sink_outage_is_backfilled_from_the_watermarks(
         # nothing acknowledged, nothing advanced
         assert pipeline.watermarks["cassandra"] == marks_before
         # the first failed write set the sink aside; after it, vCenter was not asked
-        assert failed[0].chunks > 0
+        assert failed[0].chunks > 0 and failed[0].vms_queried > 0
         assert all(r.missing == ["cassandra"] and r.chunks == 0 for r in failed[1:])
+        # ... and the cycle line says so, without counting them as queried
+        planned = len(pipeline.lag_vms or ())
+        for report in failed[1:]:
+            assert report.vms_queried == 0 and report.vms_kept == planned > 0
+            assert f"no sink open: {planned} VMs not queried, kept for backfill" \
+                in report.summary(), report.summary()
         assert telemetry.sink_up.labels("cassandra")._value.get() == 0
         assert await health.retry_due() == []  # probed: still down
 
