@@ -89,6 +89,9 @@ DEFAULT_PORT = 18989
 USERNAME = "statsfeeder"
 PASSWORD = "vcsim-test-password"
 PEER = "vcsim"
+PORT_OFFSET = int(os.environ.get("STATSFEEDER_PEER_PORT_OFFSET", "0"))
+"""Added to every vcsim port, as to Cassandra's: a run with its own ``STATSFEEDER_CACHE``
+starts its vCenters beside those of another run instead of colliding with them."""
 
 
 def _source_digest() -> str:
@@ -179,6 +182,7 @@ def start_instance(
     directory.
     """
     run_name = _run_name(name)
+    port += PORT_OFFSET
     certs = common.ensure_certs()
     binary = ensure_binary()
     directory = common.run_dir(run_name)

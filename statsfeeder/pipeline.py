@@ -57,6 +57,9 @@ class MetadataStore(Protocol):
 class CycleReport:
     vcenter: str
     vms_queried: int = 0
+    """VMs in the chunks vCenter was asked for (answered or not)."""
+    vms_kept: int | None = None
+    """With no sink open: the VMs not queried, whose windows wait for the backfill."""
     chunks: int = 0
     chunks_failed: int = 0
     expected: int = 0
@@ -75,6 +78,12 @@ class CycleReport:
                 and not self.missing)
 
     def summary(self) -> str:
+        missing = (f"; missing sink: {', '.join(self.missing)} (not open: backfilled from its "
+                   "watermarks once back)" if self.missing else "")
+        if self.vms_kept is not None:
+            return (f"vCenter {self.vcenter}: no sink open: {self.vms_kept} VMs not queried, "
+                    f"kept for backfill{_skipped(self.skipped_vms)}; {self.seconds:.1f} s"
+                    + missing)
         dropped = ", ".join(f"{k}={v}" for k, v in sorted(self.dropped.items())) or "none"
         stored = ", ".join(f"{sink} {count}" for sink, count in sorted(self.written.items()))
         failed = sum(self.sink_failures.values())
@@ -82,8 +91,7 @@ class CycleReport:
                 f"({self.chunks_failed} failed), samples expected {self.expected}, collected "
                 f"{self.collected}, stored: {stored or 'none'} ({failed} sink failures), "
                 f"dropped: {dropped}{_skipped(self.skipped_vms)}; {self.seconds:.1f} s"
-                + (f"; missing sink: {', '.join(self.missing)} (not open: backfilled from its "
-                   "watermarks once back)" if self.missing else ""))
+                + missing)
 
 
 def _skipped(vms: Mapping[str, int]) -> str:
@@ -196,11 +204,12 @@ class Pipeline:
         self.clock_offset = now - time.time()
         self.lag_vms = wanted
         chunks = source.plan(self.query_marks(s.name for s in sinks), now, wanted)
-        report.vms_queried = sum(len(c.vms) for c in chunks)
         for missing in report.missing:
             await self._seed(missing, chunks)
         if sinks:
             await self._collect(chunks, sinks, report)
+        else:  # nowhere to store: vCenter is not asked; the windows stay for the backfill
+            report.vms_kept = sum(len(c.vms) for c in chunks)
         if self.store is not None and isinstance(self.store, Flushable):
             try:
                 await self.store.flush()
@@ -258,6 +267,7 @@ class Pipeline:
                        ) -> list[Series] | None:
         name, t, batch = self.source.name, self.telemetry, collected.batch
         report.chunks += 1
+        report.vms_queried += len(collected.chunk.vms)
         report.expected += batch.expected_samples
         t.samples_expected.labels(name).inc(batch.expected_samples)
         if collected.error is not None:

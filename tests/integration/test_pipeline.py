@@ -120,17 +120,24 @@ async def test_sink_outage_is_backfilled_from_the_watermarks(
         # nothing acknowledged, nothing advanced
         assert pipeline.watermarks["cassandra"] == marks_before
         # the first failed write set the sink aside; after it, vCenter was not asked
-        assert failed[0].chunks > 0
+        assert failed[0].chunks > 0 and failed[0].vms_queried > 0
         assert all(r.missing == ["cassandra"] and r.chunks == 0 for r in failed[1:])
+        # ... and the cycle line says so, without counting them as queried
+        planned = len(pipeline.lag_vms or ())
+        for report in failed[1:]:
+            assert report.vms_queried == 0 and report.vms_kept == planned > 0
+            assert f"no sink open: {planned} VMs not queried, kept for backfill" \
+                in report.summary(), report.summary()
         assert telemetry.sink_up.labels("cassandra")._value.get() == 0
         assert await health.retry_due() == []  # probed: still down
 
         await asyncio.to_thread(cassandra_peer.start_node, 0, version=short, nodes=1)
-        for _ in range(12):  # probed until the driver has reconnected
-            await asyncio.sleep(5)
-            if await health.retry_due():
-                break
-        assert health.up("cassandra")
+        back = time.monotonic()  # the node answers CQL again
+        while not await health.retry_due() and time.monotonic() - back < 240:
+            await asyncio.sleep(1)  # probed (backoff up to 4 s) until the driver reconnected
+        recovery = time.monotonic() - back
+        print(f"cassandra back -> sink up: {recovery:.1f} s")
+        assert health.up("cassandra") and recovery < 60, recovery
         for _ in range(8):
             recovered = await pipeline.run_cycle()
             if recovered.ok:

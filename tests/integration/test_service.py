@@ -83,9 +83,10 @@ def test_sigkill_mid_cycle_loses_nothing_and_sigterm_exits_cleanly(
         assert service.stdout is not None
         said = service.stdout.read()
         assert "Traceback" not in said, said
-        # its own listening socket is closed (a vCenter client socket still is not: see
-        # the session note), nothing else of the telemetry server is left behind
+        # Nothing is left unclosed: the telemetry server's socket, the vCenter client's
+        # (pyVmomi's pool, httpx's pool, the tracked TLS sockets), anything else.
         assert f"laddr=('127.0.0.1', {port})" not in said, said
+        assert "ResourceWarning: unclosed" not in said, said
     finally:
         if service.poll() is None:
             service.kill()

@@ -192,7 +192,7 @@ def test_extra_instance_restart_and_method_delay() -> None:
     try:
         env = vcsim.start_instance(name, port, vms=1, hosts=1, username="other",
                                    password="other-pass")
-        assert env["VCSIM_URL"] == f"https://127.0.0.1:{port}/sdk"
+        assert env["VCSIM_URL"] == f"https://127.0.0.1:{port + vcsim.PORT_OFFSET}/sdk"
         with connected(env) as si:
             assert len(list_vms(si)) == 1
         assert vcsim.stop_instance(name)

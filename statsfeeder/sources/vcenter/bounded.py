@@ -44,14 +44,26 @@ class SocketTracker:
             self._sockets.add(sock)
 
     def shutdown_all(self) -> None:
-        with self._lock:
-            sockets = list(self._sockets)
-            self._sockets.clear()
-        for sock in sockets:
+        """Wake every reader; the sockets stay open (and known) until ``close_all``: closing
+        one a thread is still reading could hand its descriptor to another socket."""
+        for sock in self._live():
             # The plain-socket shutdown: it wakes a reader in another thread without touching
             # the TLS object that reader is using.
             with contextlib.suppress(OSError, ValueError):
                 socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+    def close_all(self) -> None:
+        """Shut down and close every socket still open: the client's end, when nothing is
+        left to read them (a pool that lost its owner in an abort would keep them to exit)."""
+        self.shutdown_all()
+        for sock in self._live():
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def _live(self) -> list[ssl.SSLSocket]:
+        # Known until collected: a closed socket is dropped here only when nothing holds it.
+        with self._lock:
+            return list(self._sockets)
 
 
 class CallAbandoned(Exception):

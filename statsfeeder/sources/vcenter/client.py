@@ -95,8 +95,12 @@ class VCenterClient:
         self._forget_session()
 
     def _forget_session(self) -> None:
-        self._si = None
+        si, self._si = self._si, None
         self._tracker.shutdown_all()
+        if si is not None:
+            # Its idle pooled connections, read by no thread: closed now, not at exit
+            # (pyVim keeps the last service instance). A call in flight closes its own.
+            si._stub.DropConnections()
 
     def _failure(self, what: str, exc: BaseException) -> SourceError:
         where = f"vCenter {self.name}: {what}"
@@ -191,7 +195,7 @@ class VCenterClient:
             if self._http is not None:
                 self._http.close()
                 self._http = None
-        self._tracker.shutdown_all()
+        self._tracker.close_all()
 
     def current_time(self) -> datetime:
         """vCenter's clock; also the session probe. A dead session or connection (vCenter
