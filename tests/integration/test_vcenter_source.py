@@ -75,6 +75,24 @@ async def test_watermark_limits_the_window(vcsim_env: dict[str, str]) -> None:
         source.client.close()
 
 
+async def test_parsed_timestamps_are_kept_for_one_cycle_only(vcsim_env: dict[str, str]
+                                                            ) -> None:
+    """A sampleInfo string is parsed once per cycle; the next cycle's windows differ, so a
+    cache kept across cycles would only grow (up to its capacity) with dead entries."""
+    source = await started(vcsim_env)
+    try:
+        now = await source.vcenter_now()
+        kept = []
+        for behind in (600, 1200, 1800):
+            marks = dict.fromkeys(source.powered_on(), now - behind)
+            assert all(c.error is None for c in (await collect_all(source, marks))[0])
+            kept.append(set(source._timestamps._entries))
+        assert all(kept)
+        assert kept[0].isdisjoint(kept[2]) and kept[1].isdisjoint(kept[2])
+    finally:
+        source.client.close()
+
+
 async def test_two_vcenters_and_a_slow_one_times_out_alone(vcsim_env: dict[str, str]) -> None:
     slow_env = vcsim.start_instance("vcsim-slow", 18991, vms=2, method_delay="QueryPerf:8000")
     fast = await started(vcsim_env, "fast")

@@ -147,6 +147,9 @@ class VCenterSource:
                       ) -> AsyncIterator[CollectedChunk]:
         """Yield each chunk's result as it completes; a bounded queue holds workers back
         when the sinks are slower than vCenter (memory stays flat)."""
+        # A sampleInfo string repeats across the chunks of one cycle, never across cycles
+        # (the windows move on): a cache kept longer would only hold dead entries.
+        self._timestamps = TimestampCache()
         pending: asyncio.Queue[Chunk | None] = asyncio.Queue()
         for chunk in chunks:
             pending.put_nowait(chunk)
