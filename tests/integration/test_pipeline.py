@@ -168,8 +168,12 @@ async def test_sink_recovers_when_the_drivers_reconnection_gave_up_on_a_refused_
     """The driver stops reconnecting a host for good, silently, at the first attempt refused
     with AuthenticationFailed (here: the sink's login disabled while its connections are
     dropped and the node comes back). Once the login works again, the probe connects afresh
-    and the sink writes again, without a restart of the process."""
+    and the sink writes again, without a restart of the process; the roll-ups and leases,
+    which share its session, follow it to the new one."""
     from statsfeeder.errors import SinkError, SinkUnavailable
+    from statsfeeder.rollups.hook import Rollups
+    from statsfeeder.service import Service
+    from statsfeeder.sinks.cassandra.leases import LeaseStore
     from tests.helpers import cassandra_config, wait_for
 
     keyspace = f"auth_{uuid.uuid4().hex[:8]}"
@@ -184,7 +188,8 @@ async def test_sink_recovers_when_the_drivers_reconnection_gave_up_on_a_refused_
                               credentials={"username": role, "password": password})
     sink = CassandraSink(config)
     telemetry = Telemetry()
-    health = SinkHealth([sink], telemetry, max_backoff=4)
+    service = Service(telemetry, [], [sink], sink)
+    health = SinkHealth([sink], telemetry, max_backoff=4, on_open=service.sink_opened)
     short = ".".join(cassandra_env["CASSANDRA_VERSION"].split(".")[:2])
 
     def login_refused() -> bool:
@@ -200,6 +205,9 @@ async def test_sink_recovers_when_the_drivers_reconnection_gave_up_on_a_refused_
     try:
         await health.open_all()
         await sink.save_watermarks("vc1", "cassandra", {"vm-1": 1_000})
+        service.rollups = Rollups(sink, config, telemetry)
+        service.rollups.store()
+        service.leases = LeaseStore(sink.session, keyspace, lease_seconds=30)
         admin.execute(f"ALTER ROLE {role} WITH LOGIN = false")
         # Nodes cache roles and credentials (60 s on the test peers): wait until it counts.
         await asyncio.to_thread(wait_for, login_refused, 120, "the login to be refused")
@@ -228,11 +236,15 @@ async def test_sink_recovers_when_the_drivers_reconnection_gave_up_on_a_refused_
         assert health.up("cassandra") and recovery < 60, health.missing()
         await sink.save_watermarks("vc1", "cassandra", {"vm-1": 3_000})
         assert sink.load_watermarks("vc1") == {"cassandra": {"vm-1": 3_000}}
+        assert service.leases.acquire("vc1", "a")  # on the new session, re-prepared
+        assert service.rollups.store().metrics() == []
         # the probe said why, in one line and without the password
         assert "authentication failed" in refused and "\n" not in refused, refused
         assert password not in refused
     finally:
         await asyncio.to_thread(nodetool, "enablebinary")
+        if service.rollups is not None:
+            service.rollups.close()
         sink.close()
         admin_cluster.shutdown()
         admin_cluster, admin = connect(admin_config)
