@@ -34,6 +34,8 @@ class Service:
     marks: Any = None
     """The sinks' open/missing state (``sink_health``) and where watermarks persist."""
     rollups: Any = None
+    leases: Any = None
+    """The roll-ups and (with ``ha``) the lease store: both on the Cassandra sink's session."""
 
     async def open(self) -> None:
         if self.marks is not None and self.marks.file is not None:
@@ -63,8 +65,12 @@ class Service:
 
         if sink is self.store:
             await record_counters(sink, [p.source.counters for p in self.pipelines])
+            # The sink may have connected afresh (its session replaced): what shares it
+            # prepares its statements on the new one, off the event loop.
             if self.rollups is not None:
                 await asyncio.to_thread(self.rollups.store)
+            if self.leases is not None:
+                await asyncio.to_thread(self.leases.use, sink.session)
 
     def close(self) -> None:
         if self.marks is not None:
@@ -263,9 +269,9 @@ async def run_service(config: Config, drain_seconds: float = 6.0) -> int:
             from statsfeeder.ha import LeaseKeeper
             from statsfeeder.sinks.cassandra.leases import LeaseStore
 
-            store = LeaseStore(service.store.session, config.cassandra.keyspace,
-                               config.ha.lease_seconds)
-            keeper = LeaseKeeper(store, config.ha.instance_id,
+            service.leases = LeaseStore(service.store.session, config.cassandra.keyspace,
+                                        config.ha.lease_seconds)
+            keeper = LeaseKeeper(service.leases, config.ha.instance_id,
                                  [p.source.name for p in service.pipelines], telemetry,
                                  on_lost=lease_lost, busy=busy)
             log.info("ha: instance %s shares %d vCenter(s), lease %d s", keeper.owner,

@@ -28,9 +28,13 @@ class Rollups:
         self._marks = RollupMarks(self.store, config.rollups.settle_seconds, sink.name, clock)
 
     def store(self) -> RollupStore:
+        """On the sink's current session: the sink replaces it when it connects afresh after
+        an outage, and the store (the worker's too) follows at its next use."""
         if self._store is None:
             self._store = RollupStore(self.sink.session, self.config,
                                       getattr(self.sink, "execute", None))
+        else:
+            self._store.use(self.sink.session)
         return self._store
 
     async def mark(self, sink: str, series: list[Series]) -> None:

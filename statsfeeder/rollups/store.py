@@ -36,12 +36,20 @@ class RollupStore:
                  write_mark: Callable[[Any], Awaitable[None]] | None = None) -> None:
         """``write_mark``: how marks are written (the collection's own write path, so they
         never wait behind the worker's requests); by default the worker's."""
-        self.session = session
+        self.session: Any = None
         self._write_mark = write_mark
-        self.keyspace = ks = config.keyspace
+        self.keyspace = config.keyspace
         # Its own threads: the collection's blocking calls (pyvmomi, the driver) use the
         # default executor, which roll-ups must never fill.
         self._pool = ThreadPoolExecutor(config.rollups.max_in_flight, "rollups")
+        self.use(session)
+
+    def use(self, session: Any) -> None:
+        """Prepare the statements on ``session`` and read and write through it from then on
+        (the sink's session, which it replaces when it connects afresh); blocking."""
+        if session is self.session:
+            return
+        ks = self.keyspace
         # No USING TTL: rows take their table's default_time_to_live, as the samples do, so
         # 'schema update --hourly-ttl/--daily-ttl' applies to running services too.
         p = session.prepare
@@ -86,6 +94,7 @@ class RollupStore:
                            "vapp) VALUES (?, ?, ?, ?, ?, ?)")
         self._clear = f"DELETE FROM {ks}.rollup_dirty USING TIMESTAMP %s WHERE hour = %s " \
                       "AND shard = %s"
+        self.session = session
 
     async def run(self, statement: Any, parameters: Any = None,
                   then: Callable[[list[Any]], Any] = list) -> Any:

@@ -162,6 +162,97 @@ async def test_sink_outage_is_backfilled_from_the_watermarks(
         sink.close()
 
 
+@pytest.mark.slow
+async def test_sink_recovers_when_the_drivers_reconnection_gave_up_on_a_refused_login(
+        cassandra_env: dict[str, str]) -> None:
+    """The driver stops reconnecting a host for good, silently, at the first attempt refused
+    with AuthenticationFailed (here: the sink's login disabled while its connections are
+    dropped and the node comes back). Once the login works again, the probe connects afresh
+    and the sink writes again, without a restart of the process; the roll-ups and leases,
+    which share its session, follow it to the new one."""
+    from statsfeeder.errors import SinkError, SinkUnavailable
+    from statsfeeder.rollups.hook import Rollups
+    from statsfeeder.service import Service
+    from statsfeeder.sinks.cassandra.leases import LeaseStore
+    from tests.helpers import cassandra_config, wait_for
+
+    keyspace = f"auth_{uuid.uuid4().hex[:8]}"
+    role, password = f"sf_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    admin_config = cassandra_config(cassandra_env, keyspace=keyspace)
+    admin_cluster, admin = connect(admin_config)
+    schema.create(admin, admin_config)
+    admin.execute(f"CREATE ROLE {role} WITH PASSWORD = '{password}' AND LOGIN = true")
+    for permission in ("SELECT", "MODIFY"):
+        admin.execute(f"GRANT {permission} ON KEYSPACE {keyspace} TO {role}")
+    config = cassandra_config(cassandra_env, keyspace=keyspace, request_timeout_seconds=4,
+                              credentials={"username": role, "password": password})
+    sink = CassandraSink(config)
+    telemetry = Telemetry()
+    service = Service(telemetry, [], [sink], sink)
+    health = SinkHealth([sink], telemetry, max_backoff=4, on_open=service.sink_opened)
+    short = ".".join(cassandra_env["CASSANDRA_VERSION"].split(".")[:2])
+
+    def login_refused() -> bool:
+        try:
+            connect(config)[0].shutdown()
+        except SinkUnavailable as exc:
+            return "authentication failed" in str(exc)
+        return False
+
+    def nodetool(command: str) -> None:
+        cassandra_peer.nodetool([command], 0, version=short, nodes=1)
+
+    try:
+        await health.open_all()
+        await sink.save_watermarks("vc1", "cassandra", {"vm-1": 1_000})
+        service.rollups = Rollups(sink, config, telemetry)
+        service.rollups.store()
+        service.leases = LeaseStore(sink.session, keyspace, lease_seconds=30)
+        admin.execute(f"ALTER ROLE {role} WITH LOGIN = false")
+        # Nodes cache roles and credentials (60 s on the test peers): wait until it counts.
+        await asyncio.to_thread(wait_for, login_refused, 120, "the login to be refused")
+        await asyncio.to_thread(nodetool, "disablebinary")  # drops every client connection
+        try:
+            with pytest.raises(SinkError):  # the write that finds the node gone
+                await sink.save_watermarks("vc1", "cassandra", {"vm-1": 2_000})
+            health.lost("cassandra", "cassandra: unreachable")
+            await asyncio.sleep(2)  # the driver marks the host down, reconnects with backoff
+        finally:
+            await asyncio.to_thread(nodetool, "enablebinary")
+        # Its next attempt (at most the policy's 10 s later) is refused: it stops for good.
+        await asyncio.sleep(15)
+        assert await health.retry_due() == []  # probed while the login is refused
+        refused = health.missing()["cassandra"]
+        admin_cluster.shutdown()  # its connections went with the binary protocol too
+        admin_cluster, admin = connect(admin_config)
+        admin.execute(f"ALTER ROLE {role} WITH LOGIN = true")
+        await asyncio.to_thread(wait_for, lambda: not login_refused(), 120,
+                                "the login to be accepted again")
+        back = time.monotonic()
+        while not await health.retry_due() and time.monotonic() - back < 60:
+            await asyncio.sleep(1)
+        recovery = time.monotonic() - back
+        print(f"login accepted again -> sink up: {recovery:.1f} s")
+        assert health.up("cassandra") and recovery < 60, health.missing()
+        await sink.save_watermarks("vc1", "cassandra", {"vm-1": 3_000})
+        assert sink.load_watermarks("vc1") == {"cassandra": {"vm-1": 3_000}}
+        assert service.leases.acquire("vc1", "a")  # on the new session, re-prepared
+        assert service.rollups.store().metrics() == []
+        # the probe said why, in one line and without the password
+        assert "authentication failed" in refused and "\n" not in refused, refused
+        assert password not in refused
+    finally:
+        await asyncio.to_thread(nodetool, "enablebinary")
+        if service.rollups is not None:
+            service.rollups.close()
+        sink.close()
+        admin_cluster.shutdown()
+        admin_cluster, admin = connect(admin_config)
+        admin.execute(f"DROP ROLE IF EXISTS {role}")
+        await asyncio.to_thread(drop_keyspace, admin, keyspace)
+        admin_cluster.shutdown()
+
+
 def test_once_tags_series_with_vcd_ids_from_the_api(tmp_path: Path, vcsim_env: dict[str, str],
                                                     cassandra_env: dict[str, str]) -> None:
     """vcsim → statsfeeder with vcd.api (the documented-API double) → Cassandra: stored under

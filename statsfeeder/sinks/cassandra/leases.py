@@ -28,9 +28,17 @@ class LeaseSnapshot:
 
 class LeaseStore:
     def __init__(self, session: Any, keyspace: str, lease_seconds: int) -> None:
-        self._session = session
+        self._session: Any = None
+        self._keyspace = keyspace
         self.lease_seconds = lease_seconds
-        table = f"{keyspace}.leases"
+        self.use(session)
+
+    def use(self, session: Any) -> None:
+        """Prepare the statements on ``session`` and work through it from then on (the
+        Cassandra sink's, which it replaces when it connects afresh after an outage)."""
+        if session is self._session:
+            return
+        table = f"{self._keyspace}.leases"
 
         def prepare(cql: str, lwt: bool = True) -> Any:
             statement = session.prepare(cql)
@@ -52,6 +60,7 @@ class LeaseStore:
         self._scan = prepare(f"SELECT name, owner FROM {table}", lwt=False)
         self._owner = prepare(f"SELECT owner FROM {table} WHERE name = ?", lwt=False)
         self._owner.consistency_level = ConsistencyLevel.SERIAL  # completes a pending round
+        self._session = session
 
     def acquire(self, name: str, owner: str) -> bool:
         return self._applied(self._acquire, (LEASE_PREFIX + name, owner, self.lease_seconds),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import calendar
 import logging
+import socket
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -35,42 +36,94 @@ class CassandraSink:
 
     def open(self) -> None:
         """Blocking: connect and verify the schema (call from a worker thread)."""
-        self._cluster, self._session = connect(self.config)
-        mismatch = schema.retention_mismatch(schema.check(self._session, self.config.keyspace),
+        self._cluster, session = connect(self.config)
+        self._use(session)
+
+    def _use(self, session: Any) -> None:
+        """Check the schema on ``session`` and prepare the sink's statements there; from then
+        on the sink writes through it. If this raises, the sink is left as it was."""
+        mismatch = schema.retention_mismatch(schema.check(session, self.config.keyspace),
                                              self.config)
         if mismatch:
             log.warning("%s", mismatch)
         ks = self.config.keyspace
-        self._session.set_keyspace(ks)
-        self._mark_index()
-        self._writer = CassandraWriter(self._session, self.config)
-        self._entity_insert = self._session.prepare(
+        session.set_keyspace(ks)
+        self._mark_index(session)
+        writer = CassandraWriter(session, self.config)
+        entity_insert = session.prepare(
             f"INSERT INTO {ks}.entities (vm_id, name, vapp, vdc, org, vcenter, moref, updated) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, toTimestamp(now()))")
-        self._watermark_insert = self._session.prepare(
+        watermark_insert = session.prepare(
             f"INSERT INTO {ks}.watermarks (vcenter, sink, moref, last_sample) "
             "VALUES (?, ?, ?, ?)")
+        self._session, self._writer = session, writer
+        self._entity_insert, self._watermark_insert = entity_insert, watermark_insert
 
     def probe(self) -> None:
-        """Blocking: does a sink that became unreachable answer again? On the session it
-        has (the driver reconnects it itself), so an outage does not build clusters anew."""
+        """Blocking: does a sink that became unreachable answer again? First on the session it
+        has (the driver reconnects it itself), so an outage does not build clusters anew.
+
+        The driver's per-host reconnection stops for good, without a word, at the first
+        attempt that fails with AuthenticationFailed (cassandra-driver 3.30, ``pool.py``
+        ``_HostReconnectionHandler.on_exception``): a node restarting before system_auth
+        answers, a login disabled or a password changed for a while. That session never gets
+        a host back, so when it fails while a configured node accepts TCP connections, the
+        sink connects afresh and swaps the new session in. Only then: while every node is
+        simply down (refused, unreachable) a fresh cluster could not connect either, so those
+        probes stay as cheap as before (no cluster built per attempt)."""
         if self._session is None:
             self.open()
             return
         try:
             self._session.execute("SELECT release_version FROM system.local")
-        except Exception as exc:  # the driver's own errors: still down
-            raise SinkUnavailable(f"cassandra: still unreachable: {type(exc).__name__}: "
-                                  f"{exc}") from None
+            return
+        except Exception as exc:  # the driver's own errors: still down, or given up
+            failure = f"cassandra: still unreachable: {type(exc).__name__}: {exc}"
+        if not self._accepts_tcp():
+            raise SinkUnavailable(failure)
+        self._reconnect()
 
-    def _mark_index(self) -> None:
+    def _accepts_tcp(self) -> bool:
+        for host in self.config.hosts:
+            try:
+                socket.create_connection((host, self.config.port),
+                                         timeout=self.config.connect_timeout_seconds).close()
+            except OSError:
+                continue
+            return True
+        return False
+
+    def _reconnect(self) -> None:
+        """A new cluster and session in place of the current ones (whose writer, prepared
+        statements and index state go with them); the old cluster is shut down."""
+        try:
+            cluster, session = connect(self.config)
+        except SinkUnavailable as exc:  # one line already, e.g. authentication failed
+            raise SinkUnavailable(f"cassandra: a fresh connection failed: "
+                                  f"{str(exc).removeprefix('cassandra: ')}") from None
+        except Exception as exc:  # the driver's own errors, on a node that is starting
+            raise SinkUnavailable(f"cassandra: a fresh connection failed: {_one_line(exc)}"
+                                  ) from None
+        try:
+            self._use(session)
+        except Exception as exc:
+            cluster.shutdown()
+            raise SinkUnavailable(f"cassandra: a fresh connection failed: {_one_line(exc)}"
+                                  ) from None
+        old, self._cluster = self._cluster, cluster
+        log.warning("cassandra: connected afresh (the driver's own reconnection had not "
+                    "brought a node back)")
+        if old is not None:
+            old.shutdown()
+
+    def _mark_index(self, session: Any) -> None:
         """A keyspace older than the index: every day from tomorrow has all its entries (today
         may hold samples written without); the read API scans the days before. Without the
         mark reads scan every day: slower, still complete."""
         ks = self.config.keyspace
         try:
-            if series_index.indexed_from(self._session, ks) is None:
-                series_index.mark_indexed_from(self._session, ks, int(time.time()) // 86400 + 1)
+            if series_index.indexed_from(session, ks) is None:
+                series_index.mark_indexed_from(session, ks, int(time.time()) // 86400 + 1)
         except Exception as exc:  # collection must not depend on it
             log.warning("cassandra: cannot record where the series index starts (%s: %s); "
                         "the read API scans older days until it is", type(exc).__name__, exc)
@@ -139,6 +192,10 @@ class CassandraSink:
         if self._cluster is not None:
             self._cluster.shutdown()
             self._cluster = None
+
+
+def _one_line(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
 
 
 def _naive_epoch(moment: Any) -> int:
