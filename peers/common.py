@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -240,3 +241,17 @@ def maven_fetch(coordinates: Sequence[str], dest: Path, *, peer: str,
     sh(["mvn", "-B", "-q", goal, "-DincludeScope=runtime", f"-DoutputDirectory={dest}"],
        peer=peer, cwd=work)
     done_marker.write_text("ok\n")
+
+
+def built_once(peer: str, target: Path, lock: Path, build: Callable[[str], None]) -> Path:
+    """``target``, built by ``build(go)`` unless it exists; under ``lock``, so a second run
+    started meanwhile waits and then reuses it."""
+    if target.exists():
+        return target
+    go = shutil.which("go")
+    if go is None:
+        raise PeerError(f"{peer}: the Go toolchain ('go') is not on PATH")
+    with locked(lock):
+        if not target.exists():
+            build(go)
+    return target

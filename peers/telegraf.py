@@ -32,14 +32,8 @@ def binary_path() -> Path:
 def ensure_telegraf() -> Path:
     """Path of the Telegraf binary, built once (about 1.5 min on a warm Go module cache)."""
     target = binary_path()
-    if target.exists():
-        return target
-    go = shutil.which("go")
-    if go is None:
-        raise common.PeerError(f"{PEER}: the Go toolchain ('go') is not on PATH")
-    with common.locked(target.parent / ".build.lock"):
-        if target.exists():
-            return target
+
+    def build(go: str) -> None:
         # `go install` writes GOBIN/telegraf directly: build into a side directory, then move,
         # so an interrupted build never leaves a half-written binary at the cached path.
         staging = target.parent / ".gobin"
@@ -58,7 +52,8 @@ def ensure_telegraf() -> Path:
             raise common.PeerError(f"{PEER}: go install finished but {built} is missing")
         os.replace(built, target)
         shutil.rmtree(staging, ignore_errors=True)
-    return target
+
+    return common.built_once(PEER, target, target.parent / ".build.lock", build)
 
 
 def version() -> str:

@@ -109,14 +109,8 @@ def binary_path() -> Path:
 def ensure_binary() -> Path:
     """Build the simulator wrapper once (cached per govmomi version and source hash)."""
     target = binary_path()
-    if target.exists():
-        return target
-    go = shutil.which("go")
-    if go is None:
-        raise common.PeerError(f"{PEER}: the Go toolchain ('go') is not on PATH")
-    with common.locked(target.parent.parent / ".build.lock"):
-        if target.exists():
-            return target
+
+    def build(go: str) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name("vcsim.partial")
         goflags = " ".join(
@@ -125,7 +119,8 @@ def ensure_binary() -> Path:
         common.sh([go, "build", "-trimpath", "-o", str(partial), "."], peer=PEER, cwd=SOURCE,
                   env={"GOFLAGS": goflags}, timeout=1800)
         os.replace(partial, target)
-    return target
+
+    return common.built_once(PEER, target, target.parent.parent / ".build.lock", build)
 
 
 def _run_name(name: str) -> str:
