@@ -21,7 +21,7 @@ the index does not cover falls back to the store's own series listing.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -188,8 +188,12 @@ def _reduce(found: Sequence[tuple[Mapping[str, str], tuple[tuple[str, str], ...]
     return sorted(out)
 
 
+Failed = Callable[[BaseException, str], str]
+"""A store failure and what was read, as one line for the caller (``failure_line``)."""
+
+
 async def distinct_answer(store: SeriesStore, start: float, end: float, scope: Scope,
-                          name: str | None) -> list[str]:
+                          name: str | None, failed: Failed = failure_line) -> list[str]:
     """``distinct`` for the read API (Unix seconds), failures as Prometheus's errors."""
     try:
         return await asyncio.to_thread(distinct, store, round(start * 1000), round(end * 1000),
@@ -197,11 +201,11 @@ async def distinct_answer(store: SeriesStore, start: float, end: float, scope: S
     except SeriesLimit as exc:  # only days written before the series index list series
         raise ApiError(params.EXECUTION, str(exc)) from None
     except Exception as exc:  # Cassandra unreachable, timeouts: one line to the caller
-        raise ApiError(params.INTERNAL, failure_line(exc, "labels")) from None
+        raise ApiError(params.INTERNAL, failed(exc, "labels")) from None
 
 
-async def label_table_response(store: SeriesStore, body: Mapping[str, Any], scope: Scope
-                               ) -> web.Response:
+async def label_table_response(store: SeriesStore, body: Mapping[str, Any], scope: Scope,
+                               failed: Failed = failure_line) -> web.Response:
     """The engine's request on the internal endpoint; a limit is 422, a failure 500."""
     wanted = LabelTableRequest.from_json(body)
     try:
@@ -209,5 +213,5 @@ async def label_table_response(store: SeriesStore, body: Mapping[str, Any], scop
     except SeriesLimit as exc:
         raise web.HTTPUnprocessableEntity(text=str(exc)) from None
     except Exception as exc:
-        raise web.HTTPInternalServerError(text=failure_line(exc, "labels")) from None
+        raise web.HTTPInternalServerError(text=failed(exc, "labels")) from None
     return web.json_response(table)

@@ -8,6 +8,10 @@ caller's scope. A scope travels through the engine as an opaque per-request toke
 engine can neither widen nor forge it. ``authorize`` turns a request into a scope (``None``:
 provider-wide) or refuses it before any work; the default checks the configured API tokens
 and vCD sessions (``auth.py``). With ``read_api.tls`` the API speaks only HTTPS.
+
+A read that finds no Cassandra node (``NoHostAvailable``) may mean the driver gave up
+reconnecting (it does for good at a refused login): the API then connects afresh, at most
+every ``FRESH_CONNECTION_SECONDS``, and the next requests read through the new session.
 """
 
 from __future__ import annotations
@@ -21,15 +25,17 @@ import secrets
 import ssl
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 from aiohttp import web
+from cassandra.cluster import NoHostAvailable
 from prometheus_client import CollectorRegistry
 
 from statsfeeder import __version__
 from statsfeeder.config import CassandraConfig, ReadApiConfig
-from statsfeeder.errors import ConfigError
+from statsfeeder.errors import ConfigError, SinkUnavailable
 from statsfeeder.readapi import params
 from statsfeeder.readapi.auth import Authenticator, Unauthorized, refusal, server_context
 from statsfeeder.readapi.engine import PROMETHEUS_VERSION, EngineProcess, ensure_binary
@@ -41,6 +47,8 @@ from statsfeeder.readapi.settled import settled_cache
 from statsfeeder.readapi.store import Scope, SelectRequest, SeriesStore, failure_line
 from statsfeeder.readapi.streaming import send_frame, stream_in_thread
 from statsfeeder.readapi.vcd_sessions import VcdCheckUnavailable
+from statsfeeder.sinks.cassandra import schema
+from statsfeeder.sinks.cassandra.session import accepts_tcp, connect
 from statsfeeder.telemetry import ReadApiMetrics
 
 log = logging.getLogger(__name__)
@@ -48,6 +56,19 @@ log = logging.getLogger(__name__)
 Authorizer = Callable[[web.Request], Awaitable[Scope]]
 SECRET_HEADER = "X-Statsfeeder-Secret"
 Form = dict[str, list[str]]
+FRESH_CONNECTION_SECONDS = 5.0
+"""Fewest seconds between two attempts to connect to Cassandra afresh."""
+
+
+@dataclass(frozen=True)
+class Connection:
+    """A cluster and what the read API built on its session."""
+
+    cluster: Any
+    session: Any
+    store: SeriesStore
+    rollups: RollupSelect | None
+    retention_seconds: int
 
 
 async def provider_wide(request: web.Request) -> Scope:
@@ -80,6 +101,9 @@ class ReadApi:
         self._secret = secrets.token_urlsafe(32)
         self._scopes: dict[str, Scope] = {}
         self._cluster: Any = None
+        self._session: Any = None
+        self._fresh: asyncio.Task[None] | None = None
+        self._fresh_at = -1e18
         self.store: SeriesStore | None = None
         self.rollups: RollupSelect | None = None
         self._engine: EngineProcess | None = None
@@ -116,32 +140,10 @@ class ReadApi:
             raise ConfigError("config: read_api: no tokens and no vcd_sessions: every request "
                               "would be refused (read_api.tokens)")
         tls = server_context(self.config.tls) if self.config.tls is not None else None
-        from statsfeeder.sinks.cassandra import schema
-        from statsfeeder.sinks.cassandra.session import connect
-
-        def open_store() -> SeriesStore:
-            self._cluster, session = connect(self.cassandra)
-            state = schema.check(session, self.cassandra.keyspace)
-            # The table's own TTL is the retention (the config's ttl_days only creates it).
-            self._retention = state.ttl_seconds or self.cassandra.ttl_days * 86400
-            store = SeriesStore(session, self.cassandra.keyspace,
-                                retention_seconds=self._retention,
-                                max_series=self.config.max_series,
-                                concurrency=self.config.read_concurrency,
-                                cache_seconds=self.config.entities_cache_seconds,
-                                settled=settled_cache(self.config, self.metrics))
-            # Roll-ups that no worker writes (cassandra.rollups.enabled: false) would answer
-            # with holes: the raw samples answer everything then.
-            if self.config.rollups and self.cassandra.rollups.enabled and tables_present(
-                    session, self.cassandra.keyspace):
-                self.rollups = RollupSelect(
-                    store, session, self.cassandra.keyspace,
-                    fresh_seconds=self.config.rollups_fresh_hours * 3600,
-                    scan_hours=self.cassandra.rollups.scan_hours,
-                    concurrency=self.config.read_concurrency)
-            return store
-
-        self.store = await asyncio.to_thread(open_store)
+        # Roll-ups that no worker writes (cassandra.rollups.enabled: false) would answer
+        # with holes: the raw samples answer everything then.
+        self._use(await asyncio.to_thread(
+            self._open_store, self.config.rollups and self.cassandra.rollups.enabled))
         internal = web.Application(client_max_size=1 << 20)
         internal.router.add_post("/select", self._select)
         internal.router.add_post("/labels", self._label_table)
@@ -163,6 +165,89 @@ class ReadApi:
                  "https" if tls else "http", host or "0.0.0.0", self.port,
                  self.config.lookback_minutes)
 
+    def _open_store(self, rollups: bool) -> Connection:
+        """Blocking: a new cluster, the schema checked, and the store (with the roll-up
+        select if ``rollups`` and their tables exist) on its session."""
+        cluster, session = connect(self.cassandra)
+        try:
+            state = schema.check(session, self.cassandra.keyspace)
+            # The table's own TTL is the retention (the config's ttl_days only creates it).
+            retention = state.ttl_seconds or self.cassandra.ttl_days * 86400
+            store = SeriesStore(session, self.cassandra.keyspace,
+                                retention_seconds=retention,
+                                max_series=self.config.max_series,
+                                concurrency=self.config.read_concurrency,
+                                cache_seconds=self.config.entities_cache_seconds,
+                                settled=settled_cache(self.config, self.metrics))
+            select = None
+            if rollups and tables_present(session, self.cassandra.keyspace):
+                select = RollupSelect(
+                    store, session, self.cassandra.keyspace,
+                    fresh_seconds=self.config.rollups_fresh_hours * 3600,
+                    scan_hours=self.cassandra.rollups.scan_hours,
+                    concurrency=self.config.read_concurrency)
+        except BaseException:
+            cluster.shutdown()
+            raise
+        return Connection(cluster, session, store, select, retention)
+
+    def _use(self, connection: Connection) -> None:
+        """The next requests read through ``connection`` (those under way keep theirs)."""
+        self._cluster, self._session = connection.cluster, connection.session
+        self.store, self.rollups = connection.store, connection.rollups
+        self._retention = connection.retention_seconds
+
+    def _store_failed(self, exc: BaseException, reading: str) -> str:
+        """A read's failure as one line for the caller; one that found no Cassandra node
+        has the API connect afresh soon (on the event loop's thread only)."""
+        line = failure_line(exc, reading)
+        if _no_host(exc) and self._fresh is None and self._cluster is not None and \
+                time.monotonic() - self._fresh_at >= FRESH_CONNECTION_SECONDS:
+            self._fresh_at = time.monotonic()
+            self._fresh = asyncio.get_running_loop().create_task(self._connect_afresh())
+        return line
+
+    async def _connect_afresh(self) -> None:
+        """In place of a session that found no node: the driver reconnects a node itself,
+        except once a reconnection attempt was refused at login (cassandra-driver 3.30,
+        ``pool.py`` ``_HostReconnectionHandler.on_exception``: it stops for good, silently,
+        e.g. a node restarting before system_auth answers or a login disabled for a while).
+        Only when the current session still fails and a configured node accepts TCP (no
+        cluster built while every node is simply down), as the Cassandra sink's probe does."""
+        session = self._session
+        rollups = self.rollups is not None
+
+        def attempt() -> Connection | None:
+            try:
+                session.execute("SELECT release_version FROM system.local")
+                return None  # the driver brought a node back meanwhile
+            except Exception:
+                pass
+            if not accepts_tcp(self.cassandra):
+                return None
+            try:
+                return self._open_store(rollups)
+            except SinkUnavailable as exc:  # one line already, e.g. authentication failed
+                reason = str(exc).removeprefix("cassandra: ")
+            except Exception as exc:  # the driver's own errors, on a node that is starting
+                reason = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+            log.warning("read API: a fresh connection to Cassandra failed: %s", reason)
+            return None
+
+        try:
+            fresh = await asyncio.to_thread(attempt)
+            if fresh is None:
+                return
+            old = self._cluster
+            self._use(fresh)
+            log.warning("read API: connected to Cassandra afresh (the driver's own "
+                        "reconnection had not brought a node back)")
+            # Requests still reading through the old session fail once at most.
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(old.shutdown)
+        finally:
+            self._fresh = None
+
     async def _serve(self, app: web.Application, host: str, port: int,
                      tls: ssl.SSLContext | None = None) -> int:
         runner = web.AppRunner(app, access_log=None)
@@ -182,9 +267,12 @@ class ReadApi:
             await self._client.close()
         if self._engine is not None:
             await self._engine.stop()
+        if self._fresh is not None:  # a fresh connection under way: its cluster is shut too
+            with contextlib.suppress(Exception):
+                await self._fresh
         if self._cluster is not None:
             await asyncio.to_thread(self._cluster.shutdown)
-            self._cluster = None
+            self._cluster = self._session = None
         if self.authenticator is not None:
             await self.authenticator.close()
 
@@ -273,7 +361,7 @@ class ReadApi:
         assert self.store is not None
         limit = params.limit_param(form)
         start, end = self._metadata_range(form)
-        found = await distinct_answer(self.store, start, end, scope, name)
+        found = await distinct_answer(self.store, start, end, scope, name, self._store_failed)
         if limit and len(found) > limit:
             return success(found[:limit], warnings=["results truncated due to limit"])
         return success(found)
@@ -282,7 +370,10 @@ class ReadApi:
         assert self.store is not None
         limit = params.limit_param(form)
         only = params.first(form, "metric")
-        catalog = await asyncio.to_thread(self.store.metrics)
+        try:
+            catalog = await asyncio.to_thread(self.store.metrics)
+        except Exception as exc:  # Cassandra unreachable, timeouts: one line to the caller
+            raise ApiError(params.INTERNAL, self._store_failed(exc, "metadata")) from None
         data: dict[str, list[dict[str, str]]] = {}
         for name, info in sorted(catalog.items()):
             if only and name != only:
@@ -393,13 +484,22 @@ class ReadApi:
             await pieces.aclose()
 
     def _failed(self, exc: BaseException) -> str:
-        return failure_line(exc, "series")
+        return self._store_failed(exc, "series")
 
     async def _label_table(self, request: web.Request) -> web.Response:
         """The engine's label names/values: distinct projections, no series frame."""
         body, scope = await self._engine_request(request)
         assert self.store is not None
-        return await label_table_response(self.store, body, scope)
+        return await label_table_response(self.store, body, scope, self._store_failed)
+
+
+def _no_host(exc: BaseException | None) -> bool:
+    """Whether the driver found no node to ask, also under another error."""
+    for _ in range(8):  # a chain is short; a cycle is possible
+        if exc is None or isinstance(exc, NoHostAvailable):
+            break
+        exc = exc.__cause__ or exc.__context__
+    return isinstance(exc, NoHostAvailable)
 
 
 async def serve_forever(api: ReadApi, stopping: asyncio.Event) -> None:

@@ -1,7 +1,7 @@
 """The read API's operational surface against the real Cassandra and engine: ``limit`` on
 the metadata endpoints (Prometheus's truncation warning, a tenant's own VMs only),
 ``lookback_delta`` and the other query parameters, its own metrics taken from real traffic,
-and an engine killed in the middle of a query."""
+an engine killed in the middle of a query, and a driver that gave up reconnecting."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import asyncio
 import hashlib
 import os
 import signal
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -18,9 +19,11 @@ import pytest
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from peers import cassandra as cassandra_peer
 from statsfeeder.config import CassandraConfig
+from statsfeeder.errors import SinkUnavailable
 from statsfeeder.sinks.cassandra.session import connect
-from tests.helpers import cassandra_config
+from tests.helpers import cassandra_config, wait_for
 from tests.tenancy_fleet import ApiThread, FleetVm, fleet, write_fleet
 
 CPU = "vsphere_vm_cpu_usage_average_percent"
@@ -241,3 +244,87 @@ def test_an_engine_killed_mid_query_is_restarted_and_the_next_query_works(api: A
     found = samples(api)
     assert value(found, "statsfeeder_read_api_engine_restarts_total") == restarts + 1
     assert value(found, "statsfeeder_read_api_engine_up") == 1
+
+
+@pytest.mark.slow
+def test_queries_answer_again_after_the_drivers_reconnection_gave_up_on_a_refused_login(
+        cassandra_env: dict[str, str]) -> None:
+    """The driver stops reconnecting a host for good, silently, at the first attempt refused
+    with AuthenticationFailed (here: the read API's login disabled while its connections are
+    dropped and the node comes back). Queries fail with Prometheus's ``internal`` error while
+    the login is refused; once it works again, the read API connects afresh and answers with
+    the stored data, without a restart of the process."""
+    keyspace = f"login_{uuid.uuid4().hex[:10]}"
+    role, password = f"sf_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    admin_config = cassandra_config(cassandra_env, keyspace=keyspace)
+    vms = fleet()
+    end = asyncio.run(write_fleet(admin_config, vms))
+    admin_cluster, admin = connect(admin_config)
+    admin.execute(f"CREATE ROLE {role} WITH PASSWORD = '{password}' AND LOGIN = true")
+    admin.execute(f"GRANT SELECT ON KEYSPACE {keyspace} TO {role}")
+    config = cassandra_config(cassandra_env, keyspace=keyspace, request_timeout_seconds=4,
+                              credentials={"username": role, "password": password})
+    short = ".".join(cassandra_env["CASSANDRA_VERSION"].split(".")[:2])
+    expected = {vm.urn: vm.cpu_percent for vm in vms}
+
+    def nodetool(command: str) -> None:
+        cassandra_peer.nodetool([command], 0, version=short, nodes=1)
+
+    def login_refused() -> bool:
+        try:
+            connect(config)[0].shutdown()
+        except SinkUnavailable as exc:
+            return "authentication failed" in str(exc)
+        return False
+
+    def cpu(client: httpx.Client) -> httpx.Response:
+        return client.get("/api/v1/query", params={"query": CPU, "time": end})
+
+    def values(answer: httpx.Response) -> dict[str, float]:
+        assert answer.status_code == 200, answer.text
+        return {row["metric"]["vm"]: float(row["value"][1])
+                for row in answer.json()["data"]["result"]}
+
+    def internal(answer: httpx.Response) -> bool:
+        body = answer.json()
+        return answer.status_code == 500 and body["status"] == "error" and \
+            body["errorType"] == "internal"
+
+    try:
+        with ApiThread(config, {"anonymous": True}) as thread, \
+                httpx.Client(base_url=thread.url, timeout=60) as client:
+            assert values(cpu(client)) == expected
+            admin.execute(f"ALTER ROLE {role} WITH LOGIN = false")
+            # Nodes cache roles and credentials (60 s on the test peers): wait until it counts.
+            wait_for(login_refused, 120, "the login to be refused")
+            nodetool("disablebinary")  # drops every client connection
+            try:
+                assert internal(cpu(client))  # the query that finds the node gone
+                time.sleep(2)  # the driver marks the host down, reconnects with backoff
+            finally:
+                nodetool("enablebinary")
+            # Its next attempt (at most the policy's 10 s later) is refused: it stops for good.
+            time.sleep(15)
+            assert internal(cpu(client))  # and a fresh connection is refused too
+            admin_cluster.shutdown()  # its connections went with the binary protocol too
+            admin_cluster, admin = connect(admin_config)
+            admin.execute(f"ALTER ROLE {role} WITH LOGIN = true")
+            wait_for(lambda: not login_refused(), 120, "the login to be accepted again")
+            back = time.monotonic()
+            answer = cpu(client)
+            while answer.status_code != 200 and time.monotonic() - back < 60:
+                assert internal(answer), answer.text
+                time.sleep(1)
+                answer = cpu(client)
+            print(f"login accepted again -> queries answered: {time.monotonic() - back:.1f} s")
+            assert values(answer) == expected
+            assert values(cpu(client)) == expected
+    finally:
+        nodetool("enablebinary")
+        admin_cluster.shutdown()
+        admin_cluster, admin = connect(admin_config)
+        try:
+            admin.execute(f"DROP ROLE IF EXISTS {role}")
+            admin.execute(f"DROP KEYSPACE IF EXISTS {keyspace}")
+        finally:
+            admin_cluster.shutdown()

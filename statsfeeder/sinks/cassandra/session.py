@@ -150,6 +150,20 @@ def connect(config: CassandraConfig, keyspace: str | None = None) -> tuple[Clust
     return cluster, session
 
 
+def accepts_tcp(config: CassandraConfig) -> bool:
+    """Whether a configured node accepts a plain TCP connection: where a fresh cluster may
+    connect at all, checked before building one (no cluster per attempt while every node is
+    simply down)."""
+    for host in config.hosts:
+        try:
+            socket.create_connection((host, config.port),
+                                     timeout=config.connect_timeout_seconds).close()
+        except OSError:
+            continue
+        return True
+    return False
+
+
 def _where(config: CassandraConfig) -> str:
     return ",".join(f"{host}:{config.port}" for host in config.hosts)
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import calendar
 import logging
-import socket
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -17,7 +16,7 @@ from statsfeeder.config import CassandraConfig
 from statsfeeder.errors import SinkUnavailable
 from statsfeeder.model import Counter, Series, VirtualMachine, WriteResult
 from statsfeeder.sinks.cassandra import schema, series_index
-from statsfeeder.sinks.cassandra.session import connect
+from statsfeeder.sinks.cassandra.session import accepts_tcp, connect
 from statsfeeder.sinks.cassandra.writer import CassandraWriter
 
 log = logging.getLogger(__name__)
@@ -79,19 +78,9 @@ class CassandraSink:
             return
         except Exception as exc:  # the driver's own errors: still down, or given up
             failure = f"cassandra: still unreachable: {type(exc).__name__}: {exc}"
-        if not self._accepts_tcp():
+        if not accepts_tcp(self.config):
             raise SinkUnavailable(failure)
         self._reconnect()
-
-    def _accepts_tcp(self) -> bool:
-        for host in self.config.hosts:
-            try:
-                socket.create_connection((host, self.config.port),
-                                         timeout=self.config.connect_timeout_seconds).close()
-            except OSError:
-                continue
-            return True
-        return False
 
     def _reconnect(self) -> None:
         """A new cluster and session in place of the current ones (whose writer, prepared
