@@ -9,15 +9,15 @@ engine can neither widen nor forge it. ``authorize`` turns a request into a scop
 provider-wide) or refuses it before any work; the default checks the configured API tokens
 and vCD sessions (``auth.py``). With ``read_api.tls`` the API speaks only HTTPS.
 
-A read that finds no Cassandra node (``NoHostAvailable``) may mean the driver gave up
-reconnecting (it does for good at a refused login): the API then connects afresh, at most
-every ``FRESH_CONNECTION_SECONDS``, and the next requests read through the new session.
+Cassandra is reached through a ``StoreConnection`` (``connection.py``), which gives the current
+store, roll-up select and retention, and connects afresh when reads find no node.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import json
 import logging
@@ -25,30 +25,26 @@ import secrets
 import ssl
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 from aiohttp import web
-from cassandra.cluster import NoHostAvailable
 from prometheus_client import CollectorRegistry
 
 from statsfeeder import __version__
 from statsfeeder.config import CassandraConfig, ReadApiConfig
-from statsfeeder.errors import ConfigError, SinkUnavailable
+from statsfeeder.errors import ConfigError
 from statsfeeder.readapi import params
 from statsfeeder.readapi.auth import Authenticator, Unauthorized, refusal, server_context
+from statsfeeder.readapi.connection import StoreConnection, open_store
 from statsfeeder.readapi.engine import PROMETHEUS_VERSION, EngineProcess, ensure_binary
 from statsfeeder.readapi.instrument import SelectCounter, request_metrics
 from statsfeeder.readapi.metadata import distinct_answer, label_table_response
 from statsfeeder.readapi.params import ApiError
-from statsfeeder.readapi.rollup_select import RollupRequest, RollupSelect, tables_present
-from statsfeeder.readapi.settled import settled_cache
-from statsfeeder.readapi.store import Scope, SelectRequest, SeriesStore, failure_line
+from statsfeeder.readapi.rollup_select import RollupRequest
+from statsfeeder.readapi.store import Scope, SelectRequest
 from statsfeeder.readapi.streaming import send_frame, stream_in_thread
 from statsfeeder.readapi.vcd_sessions import VcdCheckUnavailable
-from statsfeeder.sinks.cassandra import schema
-from statsfeeder.sinks.cassandra.session import accepts_tcp, connect
 from statsfeeder.telemetry import ReadApiMetrics
 
 log = logging.getLogger(__name__)
@@ -56,19 +52,6 @@ log = logging.getLogger(__name__)
 Authorizer = Callable[[web.Request], Awaitable[Scope]]
 SECRET_HEADER = "X-Statsfeeder-Secret"
 Form = dict[str, list[str]]
-FRESH_CONNECTION_SECONDS = 5.0
-"""Fewest seconds between two attempts to connect to Cassandra afresh."""
-
-
-@dataclass(frozen=True)
-class Connection:
-    """A cluster and what the read API built on its session."""
-
-    cluster: Any
-    session: Any
-    store: SeriesStore
-    rollups: RollupSelect | None
-    retention_seconds: int
 
 
 async def provider_wide(request: web.Request) -> Scope:
@@ -100,17 +83,12 @@ class ReadApi:
         self.authorize = authorize
         self._secret = secrets.token_urlsafe(32)
         self._scopes: dict[str, Scope] = {}
-        self._cluster: Any = None
-        self._session: Any = None
-        self._fresh: asyncio.Task[None] | None = None
-        self._fresh_at = -1e18
-        self.store: SeriesStore | None = None
-        self.rollups: RollupSelect | None = None
+        self.connection = StoreConnection(
+            cassandra, functools.partial(open_store, cassandra, config, self.metrics))
         self._engine: EngineProcess | None = None
         self._engine_lock = asyncio.Lock()
         self._client: aiohttp.ClientSession | None = None
         self._runners: list[web.AppRunner] = []
-        self._retention = cassandra.ttl_days * 86400
         self.port = 0
 
     @property
@@ -142,8 +120,7 @@ class ReadApi:
         tls = server_context(self.config.tls) if self.config.tls is not None else None
         # Roll-ups that no worker writes (cassandra.rollups.enabled: false) would answer
         # with holes: the raw samples answer everything then.
-        self._use(await asyncio.to_thread(
-            self._open_store, self.config.rollups and self.cassandra.rollups.enabled))
+        await self.connection.open(self.config.rollups and self.cassandra.rollups.enabled)
         internal = web.Application(client_max_size=1 << 20)
         internal.router.add_post("/select", self._select)
         internal.router.add_post("/labels", self._label_table)
@@ -155,7 +132,7 @@ class ReadApi:
             timeout_seconds=self.config.query_timeout_seconds,
             max_samples=self.config.max_samples, max_series=self.config.max_series,
             rollup_min_step_seconds=(self.config.rollups_min_step_hours * 3600
-                                     if self.rollups is not None else None))
+                                     if self.connection.rollups is not None else None))
         await self._engine.start()
         self._client = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(
             total=self.config.query_timeout_seconds + 30))
@@ -164,89 +141,6 @@ class ReadApi:
         log.info("read API: Prometheus query API on %s://%s:%d (lookback %d min)",
                  "https" if tls else "http", host or "0.0.0.0", self.port,
                  self.config.lookback_minutes)
-
-    def _open_store(self, rollups: bool) -> Connection:
-        """Blocking: a new cluster, the schema checked, and the store (with the roll-up
-        select if ``rollups`` and their tables exist) on its session."""
-        cluster, session = connect(self.cassandra)
-        try:
-            state = schema.check(session, self.cassandra.keyspace)
-            # The table's own TTL is the retention (the config's ttl_days only creates it).
-            retention = state.ttl_seconds or self.cassandra.ttl_days * 86400
-            store = SeriesStore(session, self.cassandra.keyspace,
-                                retention_seconds=retention,
-                                max_series=self.config.max_series,
-                                concurrency=self.config.read_concurrency,
-                                cache_seconds=self.config.entities_cache_seconds,
-                                settled=settled_cache(self.config, self.metrics))
-            select = None
-            if rollups and tables_present(session, self.cassandra.keyspace):
-                select = RollupSelect(
-                    store, session, self.cassandra.keyspace,
-                    fresh_seconds=self.config.rollups_fresh_hours * 3600,
-                    scan_hours=self.cassandra.rollups.scan_hours,
-                    concurrency=self.config.read_concurrency)
-        except BaseException:
-            cluster.shutdown()
-            raise
-        return Connection(cluster, session, store, select, retention)
-
-    def _use(self, connection: Connection) -> None:
-        """The next requests read through ``connection`` (those under way keep theirs)."""
-        self._cluster, self._session = connection.cluster, connection.session
-        self.store, self.rollups = connection.store, connection.rollups
-        self._retention = connection.retention_seconds
-
-    def _store_failed(self, exc: BaseException, reading: str) -> str:
-        """A read's failure as one line for the caller; one that found no Cassandra node
-        has the API connect afresh soon (on the event loop's thread only)."""
-        line = failure_line(exc, reading)
-        if _no_host(exc) and self._fresh is None and self._cluster is not None and \
-                time.monotonic() - self._fresh_at >= FRESH_CONNECTION_SECONDS:
-            self._fresh_at = time.monotonic()
-            self._fresh = asyncio.get_running_loop().create_task(self._connect_afresh())
-        return line
-
-    async def _connect_afresh(self) -> None:
-        """In place of a session that found no node: the driver reconnects a node itself,
-        except once a reconnection attempt was refused at login (cassandra-driver 3.30,
-        ``pool.py`` ``_HostReconnectionHandler.on_exception``: it stops for good, silently,
-        e.g. a node restarting before system_auth answers or a login disabled for a while).
-        Only when the current session still fails and a configured node accepts TCP (no
-        cluster built while every node is simply down), as the Cassandra sink's probe does."""
-        session = self._session
-        rollups = self.rollups is not None
-
-        def attempt() -> Connection | None:
-            try:
-                session.execute("SELECT release_version FROM system.local")
-                return None  # the driver brought a node back meanwhile
-            except Exception:
-                pass
-            if not accepts_tcp(self.cassandra):
-                return None
-            try:
-                return self._open_store(rollups)
-            except SinkUnavailable as exc:  # one line already, e.g. authentication failed
-                reason = str(exc).removeprefix("cassandra: ")
-            except Exception as exc:  # the driver's own errors, on a node that is starting
-                reason = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
-            log.warning("read API: a fresh connection to Cassandra failed: %s", reason)
-            return None
-
-        try:
-            fresh = await asyncio.to_thread(attempt)
-            if fresh is None:
-                return
-            old = self._cluster
-            self._use(fresh)
-            log.warning("read API: connected to Cassandra afresh (the driver's own "
-                        "reconnection had not brought a node back)")
-            # Requests still reading through the old session fail once at most.
-            with contextlib.suppress(Exception):
-                await asyncio.to_thread(old.shutdown)
-        finally:
-            self._fresh = None
 
     async def _serve(self, app: web.Application, host: str, port: int,
                      tls: ssl.SSLContext | None = None) -> int:
@@ -267,12 +161,7 @@ class ReadApi:
             await self._client.close()
         if self._engine is not None:
             await self._engine.stop()
-        if self._fresh is not None:  # a fresh connection under way: its cluster is shut too
-            with contextlib.suppress(Exception):
-                await self._fresh
-        if self._cluster is not None:
-            await asyncio.to_thread(self._cluster.shutdown)
-            self._cluster = self._session = None
+        await self.connection.close()
         if self.authenticator is not None:
             await self.authenticator.close()
 
@@ -331,7 +220,7 @@ class ReadApi:
         # Prometheus's defaults are all of time; nothing older than the TTL is stored.
         start = params.time_param(form, "start", params.MIN_TIME)
         end = params.time_param(form, "end", params.MAX_TIME)
-        start = min(max(start, now - self._retention - 86400), now + 86400)
+        start = min(max(start, now - self.connection.retention_seconds - 86400), now + 86400)
         return start, max(min(end, now + 86400), start)
 
     def _metadata_fields(self, form: Form) -> list[tuple[str, str]]:
@@ -358,22 +247,24 @@ class ReadApi:
 
     async def _distinct(self, form: Form, scope: Scope, name: str | None) -> web.Response:
         """Label names or values with no matcher to apply: answered here, no engine."""
-        assert self.store is not None
+        store = self.connection.store
+        assert store is not None
         limit = params.limit_param(form)
         start, end = self._metadata_range(form)
-        found = await distinct_answer(self.store, start, end, scope, name, self._store_failed)
+        found = await distinct_answer(store, start, end, scope, name, self.connection.failed)
         if limit and len(found) > limit:
             return success(found[:limit], warnings=["results truncated due to limit"])
         return success(found)
 
     async def _metadata(self, request: web.Request, form: Form, scope: Scope) -> web.Response:
-        assert self.store is not None
+        store = self.connection.store
+        assert store is not None
         limit = params.limit_param(form)
         only = params.first(form, "metric")
         try:
-            catalog = await asyncio.to_thread(self.store.metrics)
+            catalog = await asyncio.to_thread(store.metrics)
         except Exception as exc:  # Cassandra unreachable, timeouts: one line to the caller
-            raise ApiError(params.INTERNAL, self._store_failed(exc, "metadata")) from None
+            raise ApiError(params.INTERNAL, self.connection.failed(exc, "metadata")) from None
         data: dict[str, list[dict[str, str]]] = {}
         for name, info in sorted(catalog.items()):
             if only and name != only:
@@ -457,7 +348,7 @@ class ReadApi:
     async def _select(self, request: web.Request) -> web.StreamResponse:
         body, scope = await self._engine_request(request)
         select = SelectRequest.from_json(body)
-        store, rollups = self.store, self.rollups
+        store, rollups = self.connection.store, self.connection.rollups
         assert store is not None
         wanted = RollupRequest.from_json(body) if rollups is not None else None
         if wanted is not None and rollups is not None:
@@ -484,22 +375,14 @@ class ReadApi:
             await pieces.aclose()
 
     def _failed(self, exc: BaseException) -> str:
-        return self._store_failed(exc, "series")
+        return self.connection.failed(exc, "series")
 
     async def _label_table(self, request: web.Request) -> web.Response:
         """The engine's label names/values: distinct projections, no series frame."""
         body, scope = await self._engine_request(request)
-        assert self.store is not None
-        return await label_table_response(self.store, body, scope, self._store_failed)
-
-
-def _no_host(exc: BaseException | None) -> bool:
-    """Whether the driver found no node to ask, also under another error."""
-    for _ in range(8):  # a chain is short; a cycle is possible
-        if exc is None or isinstance(exc, NoHostAvailable):
-            break
-        exc = exc.__cause__ or exc.__context__
-    return isinstance(exc, NoHostAvailable)
+        store = self.connection.store
+        assert store is not None
+        return await label_table_response(store, body, scope, self.connection.failed)
 
 
 async def serve_forever(api: ReadApi, stopping: asyncio.Event) -> None:

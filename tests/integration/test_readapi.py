@@ -379,13 +379,14 @@ async def test_a_store_failure_after_the_frame_began_is_an_internal_error(
     from statsfeeder.readapi.store import MAGIC
 
     async with read_api(sink) as (api, client):
-        assert api.store is not None
+        store = api.connection.store
+        assert store is not None
 
         def failing(request: object, scope: object) -> Iterator[bytes]:
             yield MAGIC
             raise OSError("connection to Cassandra lost")
 
-        api.store.select = failing  # type: ignore[method-assign,assignment]
+        store.select = failing  # type: ignore[method-assign,assignment]
         answer = await client.get("/api/v1/query", params={"query": C, "time": str(END)})
     assert answer.status_code == 500
     body = answer.json()

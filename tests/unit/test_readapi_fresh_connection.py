@@ -10,10 +10,14 @@ from typing import Any
 import pytest
 from cassandra.cluster import NoHostAvailable
 
-from statsfeeder.config import ReadApiConfig
+from statsfeeder.config import CassandraConfig
 from statsfeeder.errors import SinkUnavailable
-from statsfeeder.readapi import server as server_module
-from statsfeeder.readapi.server import Connection, ReadApi, provider_wide
+from statsfeeder.readapi import connection as connection_module
+from statsfeeder.readapi.connection import (
+    FRESH_CONNECTION_SECONDS,
+    OpenedStore,
+    StoreConnection,
+)
 from tests.helpers import cassandra_config
 
 
@@ -30,68 +34,85 @@ class DeadSession:
         raise NoHostAvailable("Unable to complete the operation against any hosts", {})
 
 
-def read_api(port: int) -> ReadApi:
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Opener:
+    """Stands for ``open_store``: the start's connection, then one outcome per fresh
+    connection; ``afresh`` records the roll-ups argument of each fresh one."""
+
+    def __init__(self, start: OpenedStore, *fresh: OpenedStore | Exception) -> None:
+        self.start: OpenedStore | None = start
+        self.fresh = list(fresh)
+        self.afresh: list[bool] = []
+
+    def __call__(self, rollups: bool) -> OpenedStore:
+        if self.start is not None:
+            start, self.start = self.start, None
+            return start
+        self.afresh.append(rollups)
+        outcome = self.fresh.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+
+def cassandra(port: int) -> CassandraConfig:
     env = {"CASSANDRA_HOSTS": "127.0.0.1", "CASSANDRA_PORT": str(port),
            "CASSANDRA_CA_FILE": "/nonexistent", "CASSANDRA_USERNAME": "sf",
            "CASSANDRA_PASSWORD": "secret"}
-    config = ReadApiConfig.model_validate({"enabled": True, "listen": "127.0.0.1:0"},
-                                          context={"environ": {}})
-    return ReadApi(config, cassandra_config(env, connect_timeout_seconds=1,
-                                            tls={"enabled": False}), provider_wide)
+    return cassandra_config(env, connect_timeout_seconds=1, tls={"enabled": False})
 
 
-def lost(api: ReadApi) -> Cluster:
-    """The API as after start, on a session whose driver gave up."""
-    old = Cluster()
-    api._use(Connection(old, DeadSession(), object(), None, 86400))  # type: ignore[arg-type]
-    return old
-
-
-async def fail(api: ReadApi, exc: BaseException) -> str:
-    line = api._store_failed(exc, "series")
-    if api._fresh is not None:
-        await api._fresh
+async def fail(connection: StoreConnection, exc: BaseException) -> str:
+    line = connection.failed(exc, "series")
+    await connection.attempt_finished()
     return line
 
 
 async def test_a_read_that_found_no_node_connects_afresh_while_a_node_accepts_tcp(
-        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    opened: list[bool] = []
+        caplog: pytest.LogCaptureFixture) -> None:
+    old = Cluster()
     new_store = object()
-
-    def open_store(rollups: bool) -> Connection:
-        opened.append(rollups)
-        if len(opened) == 1:
-            raise SinkUnavailable("cassandra: authentication failed for user 'sf' at x:9042")
-        return Connection(Cluster(), DeadSession(), new_store, None, 3600)  # type: ignore[arg-type]
-
+    # The start's session is one whose driver gave up.
+    opener = Opener(
+        OpenedStore(old, DeadSession(), object(), None, 86400),  # type: ignore[arg-type]
+        SinkUnavailable("cassandra: authentication failed for user 'sf' at x:9042"),
+        OpenedStore(Cluster(), DeadSession(), new_store, None, 3600))  # type: ignore[arg-type]
+    opened = opener.afresh
+    clock = Clock()
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
-        api = read_api(listener.getsockname()[1])
-        monkeypatch.setattr(api, "_open_store", open_store)
-        old = lost(api)
+        connection = StoreConnection(cassandra(listener.getsockname()[1]), opener, clock)
+        await connection.open(False)
         no_host = NoHostAvailable("Unable to complete the operation against any hosts", {})
         # Bound, not listening: every node simply down, no cluster built.
-        assert await fail(api, no_host) == (
+        assert await fail(connection, no_host) == (
             "cassandra: NoHostAvailable: ('Unable to complete the operation against any "
             "hosts', {})")
         assert opened == []
         listener.listen()
-        await fail(api, no_host)  # within FRESH_CONNECTION_SECONDS of the last attempt
+        clock.now += FRESH_CONNECTION_SECONDS / 2
+        await fail(connection, no_host)  # within FRESH_CONNECTION_SECONDS of the last attempt
         assert opened == []
-        api._fresh_at = -1e18
-        await fail(api, TimeoutError("a slow node"))  # not a lost session
+        clock.now += FRESH_CONNECTION_SECONDS / 2  # the bound reached
+        await fail(connection, TimeoutError("a slow node"))  # not a lost session
         assert opened == []
-        await fail(api, no_host)  # the login is still refused
-        assert opened == [False] and api.store is not new_store and not old.shut
-        api._fresh_at = -1e18
+        await fail(connection, no_host)  # the login is still refused
+        assert opened == [False] and connection.store is not new_store and not old.shut
+        clock.now += FRESH_CONNECTION_SECONDS
         try:  # the driver's error under another one
             raise RuntimeError("wrapped") from no_host
         except RuntimeError as wrapped:
-            await fail(api, wrapped)
+            await fail(connection, wrapped)
     assert opened == [False, False]
-    assert api.store is new_store and api._retention == 3600 and old.shut
-    messages = [r.getMessage() for r in caplog.records if r.name == server_module.__name__]
+    assert connection.store is new_store and connection.retention_seconds == 3600 and old.shut
+    messages = [r.getMessage() for r in caplog.records if r.name == connection_module.__name__]
     assert messages == [
         "read API: a fresh connection to Cassandra failed: authentication failed for user "
         "'sf' at x:9042",
