@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -92,3 +93,36 @@ def drop_keyspace(session: Any, keyspace: str) -> None:
             if attempt == 4:
                 raise
             time.sleep(3)
+
+
+def create_login_role(admin: Any, env: dict[str, str], keyspace: str,
+                      permissions: Sequence[str]) -> tuple[str, str, CassandraConfig]:
+    """A role of the test's own with ``permissions`` on ``keyspace``: its name, password and
+    a config that logs in with it (the test can then refuse and allow that login)."""
+    role, password = f"sf_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    admin.execute(f"CREATE ROLE {role} WITH PASSWORD = '{password}' AND LOGIN = true")
+    for permission in permissions:
+        admin.execute(f"GRANT {permission} ON KEYSPACE {keyspace} TO {role}")
+    config = cassandra_config(env, keyspace=keyspace, request_timeout_seconds=4,
+                              credentials={"username": role, "password": password})
+    return role, password, config
+
+
+def login_refused(config: CassandraConfig) -> bool:
+    """Whether a fresh connection with ``config`` is refused at login now."""
+    from statsfeeder.errors import SinkUnavailable
+    from statsfeeder.sinks.cassandra.session import connect
+
+    try:
+        connect(config)[0].shutdown()
+    except SinkUnavailable as exc:
+        return "authentication failed" in str(exc)
+    return False
+
+
+def nodetool(env: dict[str, str], command: str) -> None:
+    """``nodetool COMMAND`` on the single test node (disablebinary drops every client)."""
+    from peers import cassandra as cassandra_peer
+
+    short = ".".join(env["CASSANDRA_VERSION"].split(".")[:2])
+    cassandra_peer.nodetool([command], 0, version=short, nodes=1)

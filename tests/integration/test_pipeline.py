@@ -170,37 +170,28 @@ async def test_sink_recovers_when_the_drivers_reconnection_gave_up_on_a_refused_
     dropped and the node comes back). Once the login works again, the probe connects afresh
     and the sink writes again, without a restart of the process; the roll-ups and leases,
     which share its session, follow it to the new one."""
-    from statsfeeder.errors import SinkError, SinkUnavailable
+    from statsfeeder.errors import SinkError
     from statsfeeder.rollups.hook import Rollups
     from statsfeeder.service import Service
     from statsfeeder.sinks.cassandra.leases import LeaseStore
-    from tests.helpers import cassandra_config, wait_for
+    from tests.helpers import (
+        cassandra_config,
+        create_login_role,
+        login_refused,
+        nodetool,
+        wait_for,
+    )
 
     keyspace = f"auth_{uuid.uuid4().hex[:8]}"
-    role, password = f"sf_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
     admin_config = cassandra_config(cassandra_env, keyspace=keyspace)
     admin_cluster, admin = connect(admin_config)
     schema.create(admin, admin_config)
-    admin.execute(f"CREATE ROLE {role} WITH PASSWORD = '{password}' AND LOGIN = true")
-    for permission in ("SELECT", "MODIFY"):
-        admin.execute(f"GRANT {permission} ON KEYSPACE {keyspace} TO {role}")
-    config = cassandra_config(cassandra_env, keyspace=keyspace, request_timeout_seconds=4,
-                              credentials={"username": role, "password": password})
+    role, password, config = create_login_role(admin, cassandra_env, keyspace,
+                                               ("SELECT", "MODIFY"))
     sink = CassandraSink(config)
     telemetry = Telemetry()
     service = Service(telemetry, [], [sink], sink)
     health = SinkHealth([sink], telemetry, max_backoff=4, on_open=service.sink_opened)
-    short = ".".join(cassandra_env["CASSANDRA_VERSION"].split(".")[:2])
-
-    def login_refused() -> bool:
-        try:
-            connect(config)[0].shutdown()
-        except SinkUnavailable as exc:
-            return "authentication failed" in str(exc)
-        return False
-
-    def nodetool(command: str) -> None:
-        cassandra_peer.nodetool([command], 0, version=short, nodes=1)
 
     try:
         await health.open_all()
@@ -210,15 +201,17 @@ async def test_sink_recovers_when_the_drivers_reconnection_gave_up_on_a_refused_
         service.leases = LeaseStore(sink.session, keyspace, lease_seconds=30)
         admin.execute(f"ALTER ROLE {role} WITH LOGIN = false")
         # Nodes cache roles and credentials (60 s on the test peers): wait until it counts.
-        await asyncio.to_thread(wait_for, login_refused, 120, "the login to be refused")
-        await asyncio.to_thread(nodetool, "disablebinary")  # drops every client connection
+        await asyncio.to_thread(wait_for, lambda: login_refused(config), 120,
+                                "the login to be refused")
+        # drops every client connection
+        await asyncio.to_thread(nodetool, cassandra_env, "disablebinary")
         try:
             with pytest.raises(SinkError):  # the write that finds the node gone
                 await sink.save_watermarks("vc1", "cassandra", {"vm-1": 2_000})
             health.lost("cassandra", "cassandra: unreachable")
             await asyncio.sleep(2)  # the driver marks the host down, reconnects with backoff
         finally:
-            await asyncio.to_thread(nodetool, "enablebinary")
+            await asyncio.to_thread(nodetool, cassandra_env, "enablebinary")
         # Its next attempt (at most the policy's 10 s later) is refused: it stops for good.
         await asyncio.sleep(15)
         assert await health.retry_due() == []  # probed while the login is refused
@@ -226,7 +219,7 @@ async def test_sink_recovers_when_the_drivers_reconnection_gave_up_on_a_refused_
         admin_cluster.shutdown()  # its connections went with the binary protocol too
         admin_cluster, admin = connect(admin_config)
         admin.execute(f"ALTER ROLE {role} WITH LOGIN = true")
-        await asyncio.to_thread(wait_for, lambda: not login_refused(), 120,
+        await asyncio.to_thread(wait_for, lambda: not login_refused(config), 120,
                                 "the login to be accepted again")
         back = time.monotonic()
         while not await health.retry_due() and time.monotonic() - back < 60:
@@ -242,7 +235,7 @@ async def test_sink_recovers_when_the_drivers_reconnection_gave_up_on_a_refused_
         assert "authentication failed" in refused and "\n" not in refused, refused
         assert password not in refused
     finally:
-        await asyncio.to_thread(nodetool, "enablebinary")
+        await asyncio.to_thread(nodetool, cassandra_env, "enablebinary")
         if service.rollups is not None:
             service.rollups.close()
         sink.close()

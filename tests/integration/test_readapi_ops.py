@@ -19,11 +19,15 @@ import pytest
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from peers import cassandra as cassandra_peer
 from statsfeeder.config import CassandraConfig
-from statsfeeder.errors import SinkUnavailable
 from statsfeeder.sinks.cassandra.session import connect
-from tests.helpers import cassandra_config, wait_for
+from tests.helpers import (
+    cassandra_config,
+    create_login_role,
+    login_refused,
+    nodetool,
+    wait_for,
+)
 from tests.tenancy_fleet import ApiThread, FleetVm, fleet, write_fleet
 
 CPU = "vsphere_vm_cpu_usage_average_percent"
@@ -255,27 +259,12 @@ def test_queries_answer_again_after_the_drivers_reconnection_gave_up_on_a_refuse
     the login is refused; once it works again, the read API connects afresh and answers with
     the stored data, without a restart of the process."""
     keyspace = f"login_{uuid.uuid4().hex[:10]}"
-    role, password = f"sf_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
     admin_config = cassandra_config(cassandra_env, keyspace=keyspace)
     vms = fleet()
     end = asyncio.run(write_fleet(admin_config, vms))
     admin_cluster, admin = connect(admin_config)
-    admin.execute(f"CREATE ROLE {role} WITH PASSWORD = '{password}' AND LOGIN = true")
-    admin.execute(f"GRANT SELECT ON KEYSPACE {keyspace} TO {role}")
-    config = cassandra_config(cassandra_env, keyspace=keyspace, request_timeout_seconds=4,
-                              credentials={"username": role, "password": password})
-    short = ".".join(cassandra_env["CASSANDRA_VERSION"].split(".")[:2])
+    role, _, config = create_login_role(admin, cassandra_env, keyspace, ("SELECT",))
     expected = {vm.urn: vm.cpu_percent for vm in vms}
-
-    def nodetool(command: str) -> None:
-        cassandra_peer.nodetool([command], 0, version=short, nodes=1)
-
-    def login_refused() -> bool:
-        try:
-            connect(config)[0].shutdown()
-        except SinkUnavailable as exc:
-            return "authentication failed" in str(exc)
-        return False
 
     def cpu(client: httpx.Client) -> httpx.Response:
         return client.get("/api/v1/query", params={"query": CPU, "time": end})
@@ -296,20 +285,20 @@ def test_queries_answer_again_after_the_drivers_reconnection_gave_up_on_a_refuse
             assert values(cpu(client)) == expected
             admin.execute(f"ALTER ROLE {role} WITH LOGIN = false")
             # Nodes cache roles and credentials (60 s on the test peers): wait until it counts.
-            wait_for(login_refused, 120, "the login to be refused")
-            nodetool("disablebinary")  # drops every client connection
+            wait_for(lambda: login_refused(config), 120, "the login to be refused")
+            nodetool(cassandra_env, "disablebinary")  # drops every client connection
             try:
                 assert internal(cpu(client))  # the query that finds the node gone
                 time.sleep(2)  # the driver marks the host down, reconnects with backoff
             finally:
-                nodetool("enablebinary")
+                nodetool(cassandra_env, "enablebinary")
             # Its next attempt (at most the policy's 10 s later) is refused: it stops for good.
             time.sleep(15)
             assert internal(cpu(client))  # and a fresh connection is refused too
             admin_cluster.shutdown()  # its connections went with the binary protocol too
             admin_cluster, admin = connect(admin_config)
             admin.execute(f"ALTER ROLE {role} WITH LOGIN = true")
-            wait_for(lambda: not login_refused(), 120, "the login to be accepted again")
+            wait_for(lambda: not login_refused(config), 120, "the login to be accepted again")
             back = time.monotonic()
             answer = cpu(client)
             while answer.status_code != 200 and time.monotonic() - back < 60:
@@ -320,7 +309,7 @@ def test_queries_answer_again_after_the_drivers_reconnection_gave_up_on_a_refuse
             assert values(answer) == expected
             assert values(cpu(client)) == expected
     finally:
-        nodetool("enablebinary")
+        nodetool(cassandra_env, "enablebinary")
         admin_cluster.shutdown()
         admin_cluster, admin = connect(admin_config)
         try:
