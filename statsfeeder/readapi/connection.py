@@ -25,12 +25,11 @@ from typing import Any
 from cassandra.cluster import NoHostAvailable
 
 from statsfeeder.config import CassandraConfig, ReadApiConfig
-from statsfeeder.errors import SinkUnavailable
 from statsfeeder.readapi.rollup_select import RollupSelect, tables_present
 from statsfeeder.readapi.settled import settled_cache
 from statsfeeder.readapi.store import SeriesStore, failure_line
 from statsfeeder.sinks.cassandra import schema
-from statsfeeder.sinks.cassandra.session import accepts_tcp, connect
+from statsfeeder.sinks.cassandra.session import accepts_tcp, connect, connection_failure
 from statsfeeder.telemetry import ReadApiMetrics
 
 log = logging.getLogger(__name__)
@@ -152,11 +151,9 @@ class StoreConnection:
                 return None
             try:
                 return self._opener(rollups)
-            except SinkUnavailable as exc:  # one line already, e.g. authentication failed
-                reason = str(exc).removeprefix("cassandra: ")
-            except Exception as exc:  # the driver's own errors, on a node that is starting
-                reason = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
-            log.warning("read API: a fresh connection to Cassandra failed: %s", reason)
+            except Exception as exc:
+                log.warning("read API: a fresh connection to Cassandra failed: %s",
+                            connection_failure(exc))
             return None
 
         try:

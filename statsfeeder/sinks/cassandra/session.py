@@ -150,6 +150,19 @@ def connect(config: CassandraConfig, keyspace: str | None = None) -> tuple[Clust
     return cluster, session
 
 
+def one_line(exc: BaseException) -> str:
+    """An error as one short line: its type and its text, whitespace folded."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+
+
+def connection_failure(exc: BaseException) -> str:
+    """Why a fresh ``connect`` failed, in one line: ``connect``'s own refusals are one line
+    already (e.g. authentication failed), the driver's errors (a node starting) are folded."""
+    if isinstance(exc, SinkUnavailable):
+        return str(exc).removeprefix("cassandra: ")
+    return one_line(exc)
+
+
 def accepts_tcp(config: CassandraConfig) -> bool:
     """Whether a configured node accepts a plain TCP connection: where a fresh cluster may
     connect at all, checked before building one (no cluster per attempt while every node is

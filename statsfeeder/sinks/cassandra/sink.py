@@ -16,7 +16,12 @@ from statsfeeder.config import CassandraConfig
 from statsfeeder.errors import SinkUnavailable
 from statsfeeder.model import Counter, Series, VirtualMachine, WriteResult
 from statsfeeder.sinks.cassandra import schema, series_index
-from statsfeeder.sinks.cassandra.session import accepts_tcp, connect
+from statsfeeder.sinks.cassandra.session import (
+    accepts_tcp,
+    connect,
+    connection_failure,
+    one_line,
+)
 from statsfeeder.sinks.cassandra.writer import CassandraWriter
 
 log = logging.getLogger(__name__)
@@ -87,17 +92,14 @@ class CassandraSink:
         statements and index state go with them); the old cluster is shut down."""
         try:
             cluster, session = connect(self.config)
-        except SinkUnavailable as exc:  # one line already, e.g. authentication failed
-            raise SinkUnavailable(f"cassandra: a fresh connection failed: "
-                                  f"{str(exc).removeprefix('cassandra: ')}") from None
-        except Exception as exc:  # the driver's own errors, on a node that is starting
-            raise SinkUnavailable(f"cassandra: a fresh connection failed: {_one_line(exc)}"
-                                  ) from None
+        except Exception as exc:
+            raise SinkUnavailable("cassandra: a fresh connection failed: "
+                                  f"{connection_failure(exc)}") from None
         try:
             self._use(session)
         except Exception as exc:
             cluster.shutdown()
-            raise SinkUnavailable(f"cassandra: a fresh connection failed: {_one_line(exc)}"
+            raise SinkUnavailable(f"cassandra: a fresh connection failed: {one_line(exc)}"
                                   ) from None
         old, self._cluster = self._cluster, cluster
         log.warning("cassandra: connected afresh (the driver's own reconnection had not "
@@ -181,10 +183,6 @@ class CassandraSink:
         if self._cluster is not None:
             self._cluster.shutdown()
             self._cluster = None
-
-
-def _one_line(exc: Exception) -> str:
-    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
 
 
 def _naive_epoch(moment: Any) -> int:
