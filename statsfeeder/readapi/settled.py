@@ -9,10 +9,10 @@ kept here per (VM, metric, hour), least recently used dropped first beyond ``max
 each for at most ``max_age_seconds`` (so windows past the table's TTL do not outlive it by
 long). Newer hours are read from Cassandra on every Select, as without the cache.
 
-What is kept is a Select's rows before anything about the caller is applied: the tenant
+What is kept is Cassandra's windows before anything about the caller is applied: the tenant
 scope and the matchers choose which VMs and series are asked for before the cache is
-looked at, so a row kept for one caller is only ever returned for a VM another caller may
-read too. A VM with one of its settled hours missing is read again for all of them, so each
+looked at, so a window kept for one caller is only ever returned for a VM another caller
+may read too. A VM with one of its settled hours missing is read again for all of them, so each
 series' windows come back in time order.
 """
 
@@ -58,7 +58,6 @@ class DayRead:
     settled hours to read and keep), ``fresh`` (the range read as without a cache).
     ``fill`` and ``fresh`` are (from_ms, to_ms) or None."""
 
-    ids: list[str]
     metrics: list[str]
     one: bool
     lo_ms: int
@@ -94,7 +93,7 @@ class SettledCache:
     def plan(self, ids: Sequence[str], day: int, metrics: Sequence[str], one: bool,
              from_ms: int, to_ms: int) -> DayRead:
         lo, hi = max(from_ms, day * DAY_MS), min(to_ms, (day + 1) * DAY_MS - 1)
-        read = DayRead(list(ids), list(metrics), one, lo, hi)
+        read = DayRead(list(metrics), one, lo, hi)
         first_hour = lo // HOUR_MS * HOUR_MS
         # The hours of [lo, hi] that have ended settled_seconds ago: kept or read whole.
         end = min(hi // HOUR_MS * HOUR_MS + HOUR_MS, self.settled_before_ms())
