@@ -15,6 +15,7 @@ from statsfeeder.model import Series
 from statsfeeder.rollups.marks import RollupMarks
 from statsfeeder.rollups.store import RollupStore
 from statsfeeder.rollups.worker import PassReport, RollupWorker
+from statsfeeder.sinks.cassandra.session import one_line
 
 
 class Rollups:
@@ -45,8 +46,7 @@ class Rollups:
             if type(exc).__module__.split(".")[0] != "cassandra":
                 raise
             self.telemetry.rollup_errors.labels("marks").inc()
-            raise SinkUnavailable(f"cassandra: roll-up marks: {type(exc).__name__}: "
-                                  f"{' '.join(str(exc).split())[:200]}") from None
+            raise SinkUnavailable(f"cassandra: roll-up marks: {one_line(exc)}") from None
 
     def worker(self, idle: Callable[[], bool] = lambda: True) -> RollupWorker:
         return RollupWorker(self.store(), self.config.rollups, self.telemetry, idle,
