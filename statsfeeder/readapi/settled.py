@@ -31,6 +31,7 @@ import numpy as np
 
 from statsfeeder.readapi import batch as batch_rows
 from statsfeeder.readapi.batch import SeriesKey, Windows
+from statsfeeder.sinks.cassandra.write_stamps import Generation
 
 if TYPE_CHECKING:
     from statsfeeder.config import ReadApiConfig
@@ -54,33 +55,44 @@ Settled = dict[SeriesKey, list[Windows]]
 @dataclass
 class DayRead:
     """How one read request (some VMs, one day, [lo_ms, hi_ms]) is answered: the windows
-    kept (``kept``, per VM its entries by metric and hour), ``fill`` (the VMs and the whole
-    settled hours to read and keep), ``fresh`` (the range read as without a cache).
-    ``fill`` and ``fresh`` are (from_ms, to_ms) or None."""
+    kept (``kept``, per VM its entries by metric and hour), ``fills`` (VMs and the whole
+    hours, (from_ms, to_ms), to read and keep: settled hours, then unsettled ones while the
+    write stamps stand still) and ``fresh`` (the range read as without a cache, or None)."""
 
     metrics: list[str]
     one: bool
     lo_ms: int
     hi_ms: int
+    settled_ms: int
+    generation: Generation | None
     kept: list[tuple[str, list[tuple[str, int, Entry]]]] = field(default_factory=list)
-    fill_ids: list[str] = field(default_factory=list)
-    fill: tuple[int, int] | None = None
+    fills: list[tuple[list[str], tuple[int, int]]] = field(default_factory=list)
     fresh: tuple[int, int] | None = None
 
 
 class SettledCache:
-    """Thread-safe: Selects run in worker threads."""
+    """Thread-safe: Selects run in worker threads.
+
+    Unsettled hours (newer than ``settled_seconds``) are kept too, but only under the write
+    stamps' generation they were read in (write_stamps.py): a Select reads the stamps first
+    and passes them to ``plan``; when they moved, every unsettled hour kept is dropped. Such
+    an hour is also dropped after ``unsettled_seconds`` (a writer that stopped between its
+    windows and its stamp)."""
 
     def __init__(self, max_bytes: int, settled_seconds: int, max_age_seconds: float = 3600.0,
                  clock: Callable[[], float] = time.time,
-                 counted: Callable[[int, int], None] | None = None) -> None:
+                 counted: Callable[[int, int], None] | None = None,
+                 unsettled_seconds: float = 300.0) -> None:
         self.max_bytes = max_bytes
         self.settled_seconds = settled_seconds
         self.max_age_seconds = max_age_seconds
+        self.unsettled_seconds = unsettled_seconds
         self._clock = clock
         self._counted = counted
         self._lock = threading.Lock()
         self._entries: OrderedDict[Key, tuple[float, int, Entry]] = OrderedDict()
+        self._unsettled: set[Key] = set()
+        self._generation: Generation | None = None
         self.bytes = 0
 
     def __len__(self) -> int:
@@ -91,34 +103,53 @@ class SettledCache:
         return int(self._clock() - self.settled_seconds) // 3600 * HOUR_MS
 
     def plan(self, ids: Sequence[str], day: int, metrics: Sequence[str], one: bool,
-             from_ms: int, to_ms: int) -> DayRead:
+             from_ms: int, to_ms: int, generation: Generation | None = None) -> DayRead:
         lo, hi = max(from_ms, day * DAY_MS), min(to_ms, (day + 1) * DAY_MS - 1)
-        read = DayRead(list(metrics), one, lo, hi)
+        settled = self.settled_before_ms()
+        read = DayRead(list(metrics), one, lo, hi, settled, generation)
         first_hour = lo // HOUR_MS * HOUR_MS
-        # The hours of [lo, hi] that have ended settled_seconds ago: kept or read whole.
-        end = min(hi // HOUR_MS * HOUR_MS + HOUR_MS, self.settled_before_ms())
-        if self.max_bytes <= 0 or end <= first_hour:
+        last_end = hi // HOUR_MS * HOUR_MS + HOUR_MS
+        if self.max_bytes <= 0:
             read.fresh = (lo, hi)
             return read
-        hours = range(first_hour, end, HOUR_MS)
         now = self._clock()
         hits = misses = 0
         with self._lock:
-            for vm in ids:
-                found = self._lookup(vm, metrics, hours, now)
-                if found is None:
-                    misses += 1
-                    read.fill_ids.append(vm)
-                else:
-                    hits += 1
-                    read.kept.append((vm, found))
+            if generation is not None and generation != self._generation:
+                self._drop_unsettled()
+                self._generation = generation
+            # Settled hours always; the newer ones only under the stamps just read.
+            end = last_end if generation is not None else min(last_end, settled)
+            spans = [range(first_hour, min(end, settled), HOUR_MS),
+                     range(max(first_hour, settled), end, HOUR_MS)]
+            found: dict[str, list[tuple[str, int, Entry]]] = {}
+            for hours in spans:
+                if not hours:
+                    continue
+                missing = []
+                for vm in ids:
+                    entries = self._lookup(vm, metrics, hours, now)
+                    if entries is None:
+                        misses += 1
+                        missing.append(vm)
+                    else:
+                        hits += 1
+                        found.setdefault(vm, []).extend(entries)
+                if missing:
+                    read.fills.append((missing, (hours[0], hours[-1] + HOUR_MS - 1)))
         if self._counted is not None:
             self._counted(hits, misses)
-        if read.fill_ids:
-            read.fill = (first_hour, end - 1)
+        read.kept = list(found.items())
         if hi >= end:
-            read.fresh = (end, hi)
+            read.fresh = (max(lo, end), hi)
         return read
+
+    def _drop_unsettled(self) -> None:
+        for key in self._unsettled:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self.bytes -= old[1]
+        self._unsettled.clear()
 
     def _lookup(self, vm: str, metrics: Sequence[str], hours: range, now: float
                 ) -> list[tuple[str, int, Entry]] | None:
@@ -126,22 +157,28 @@ class SettledCache:
         found = []
         for metric in metrics:
             for hour in hours:
-                entry = self._entries.get((vm, metric, hour))
-                if entry is None or now - entry[0] > self.max_age_seconds:
+                key = (vm, metric, hour)
+                entry = self._entries.get(key)
+                if entry is None or now - entry[0] > (
+                        self.unsettled_seconds if key in self._unsettled
+                        else self.max_age_seconds):
                     return None
                 found.append((metric, hour, entry[2]))
         for metric, hour, _ in found:
             self._entries.move_to_end((vm, metric, hour))
         return found
 
-    def collect(self, read: DayRead, filled: list[tuple[Any, ...]] | None,
+    def collect(self, read: DayRead, filled: Sequence[list[tuple[Any, ...]]],
                 into: Settled) -> None:
-        """Adds the request's settled windows, kept or just read (and kept from now on),
-        clipped to its range, to each series' in ``into``."""
-        found = list(read.kept)
-        if filled is not None and read.fill is not None:
-            found.extend(self._keep(read, filled))
-        for vm, entries in found:
+        """Adds the request's windows, kept or just read (``filled``: the rows of each of
+        ``read.fills``, kept from now on), clipped to its range, to each series' in ``into``,
+        in time order."""
+        found: dict[str, list[tuple[str, int, Entry]]] = dict(read.kept)
+        for (ids, span), rows in zip(read.fills, filled, strict=True):
+            for vm, entries in self._keep(read, ids, span, rows):
+                found[vm] = sorted(found.get(vm, []) + entries, key=_hour) if vm in found \
+                    else entries
+        for vm, entries in found.items():
             for metric, hour, entry in entries:
                 inside = read.lo_ms <= hour and hour + HOUR_MS - 1 <= read.hi_ms
                 for instance, (starts, blobs) in entry:
@@ -150,25 +187,29 @@ class SettledCache:
                     if len(starts):
                         into.setdefault((vm, metric, instance), []).append((starts, blobs))
 
-    def _keep(self, read: DayRead, filled: list[tuple[Any, ...]]
-              ) -> list[tuple[str, list[tuple[str, int, Entry]]]]:
-        assert read.fill is not None
+    def _keep(self, read: DayRead, ids: list[str], span: tuple[int, int],
+              rows: list[tuple[Any, ...]]) -> list[tuple[str, list[tuple[str, int, Entry]]]]:
         per_hour: dict[Key, list[tuple[str, Windows]]] = {}
         for (vm, metric, instance), hours in batch_rows.hourly(
-                filled, read.metrics[0] if read.one else None).items():
+                rows, read.metrics[0] if read.one else None).items():
             for hour_s, windows in hours.items():
                 per_hour.setdefault((vm, metric, hour_s * 1000), []).append(
                     (sys.intern(instance or ""), windows))
         now = self._clock()
         found = []
         with self._lock:
-            for vm in read.fill_ids:
+            # Unsettled hours read under stamps that moved since are used once, not kept.
+            current = read.generation is not None and read.generation == self._generation
+            for vm in ids:
                 entries = []
                 for metric in read.metrics:
-                    for hour in range(read.fill[0], read.fill[1] + 1, HOUR_MS):
+                    for hour in range(span[0], span[1] + 1, HOUR_MS):
                         key = (vm, metric, hour)
                         entry = tuple(per_hour.get(key, ()))
                         entries.append((metric, hour, entry))
+                        unsettled = hour >= read.settled_ms
+                        if unsettled and not current:
+                            continue
                         size = ENTRY_BYTES + sum(
                             len(b) + WINDOW_BYTES for _, (_, blobs) in entry for b in blobs)
                         old = self._entries.pop(key, None)
@@ -176,11 +217,20 @@ class SettledCache:
                             self.bytes -= old[1]
                         self._entries[key] = (now, size, entry)
                         self.bytes += size
+                        if unsettled:
+                            self._unsettled.add(key)
+                        else:
+                            self._unsettled.discard(key)
                 found.append((vm, entries))
             while self.bytes > self.max_bytes and self._entries:
-                _, (_, size, _) = self._entries.popitem(last=False)
+                key, (_, size, _) = self._entries.popitem(last=False)
+                self._unsettled.discard(key)
                 self.bytes -= size
         return found
+
+
+def _hour(item: tuple[str, int, Entry]) -> int:
+    return item[1]
 
 
 def _clipped(starts: np.ndarray, blobs: tuple[bytes, ...], lo_ms: int, hi_ms: int

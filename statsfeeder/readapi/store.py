@@ -38,6 +38,7 @@ from statsfeeder.readapi.names import (
     series_labels,
 )
 from statsfeeder.readapi.settled import NO_CACHE, DayRead, Settled, SettledCache
+from statsfeeder.sinks.cassandra.write_stamps import StampReader
 from statsfeeder.sources.vcenter.query import STORAGE_WINDOW
 
 log = logging.getLogger(__name__)
@@ -141,6 +142,7 @@ class SeriesStore:
         self._entities: list[tuple[Entity, dict[str, str]]] = []
         self._catalog: dict[str, StoredMetric] = {}
         self._index = IndexReader(session, keyspace, cache_seconds)
+        self._stamps = StampReader(session, keyspace)
         self._since: int | None = None
         self._read = session.prepare(
             # Window starts as integers: a datetime per row costs more than decoding its blob.
@@ -258,6 +260,10 @@ class SeriesStore:
         size = max(1, min(VM_BATCH, ROWS_PER_REQUEST // (windows * len(metric_list))))
         batches = [vms[i:i + size] for i in range(0, len(vms), size)]
         cache = NO_CACHE if request.series_only else self._cache
+        # The stamps before any window (write_stamps.py): unchanged, the newest hours kept
+        # are what Cassandra holds.
+        generation = (self._stamps.generation() if cache.max_bytes > 0
+                      and last_s * 1000 >= cache.settled_before_ms() else None)
         params: list[tuple[Any, ...]] = []
         day_reads: list[list[DayRead]] = []
         for batch in batches:
@@ -266,10 +272,11 @@ class SeriesStore:
                 ids = [e.vm for e, _ in batch if day in scan or day in reads.get(e.vm, ())]
                 if ids:
                     read = cache.plan(ids, day, metric_list, one is not None,
-                                            (first_s - STORAGE_WINDOW) * 1000, last_s * 1000)
+                                      (first_s - STORAGE_WINDOW) * 1000, last_s * 1000,
+                                      generation)
                     day_reads[-1].append(read)
-                    if read.fill is not None:
-                        params.append((read.fill_ids, day, one or metric_list, *read.fill))
+                    for fill_ids, hours in read.fills:
+                        params.append((fill_ids, day, one or metric_list, *hours))
                     if read.fresh is not None:
                         params.append((ids, day, one or metric_list, *read.fresh))
         count = 0
@@ -279,8 +286,7 @@ class SeriesStore:
             rows: list[tuple[Any, ...]] = []
             settled: Settled = {}
             for read in batch_reads:
-                filled = next(results) if read.fill is not None else None
-                cache.collect(read, filled, settled)
+                cache.collect(read, [next(results) for _ in read.fills], settled)
                 if read.fresh is not None:
                     rows.extend(next(results))
             found: Mapping[str, Mapping[tuple[str, str], Any]] = (

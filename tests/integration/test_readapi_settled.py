@@ -1,8 +1,8 @@
 """The read API's cache of settled hours against the real Cassandra: answers with it, cold and
 warm, equal those without it over ranges that start and end inside hours and cross midnight;
 a settled hour rewritten in Cassandra is answered from memory while a newer one is read
-again; a tenant's scope holds over a cache warmed by a provider-wide query; the memory
-bound holds."""
+again; newer hours are answered from memory until a sink's write moves the stamps; a
+tenant's scope holds over a cache warmed by a provider-wide query; the memory bound holds."""
 
 from __future__ import annotations
 
@@ -15,10 +15,13 @@ from typing import Any
 import numpy as np
 import pytest
 
+from statsfeeder.errors import SchemaMismatch
 from statsfeeder.model import Counter, EntityId, Series, VirtualMachine
 from statsfeeder.readapi.settled import SettledCache
 from statsfeeder.readapi.store import Matcher, Scope, SelectRequest, SeriesStore
+from statsfeeder.sinks.cassandra import schema
 from statsfeeder.sinks.cassandra.sink import CassandraSink
+from statsfeeder.sinks.cassandra.writer import CassandraWriter
 from tests.helpers import cassandra_config, drop_keyspace, open_new_keyspace
 
 CPU = Counter("cpu.usage.average", 2, "percent")
@@ -121,7 +124,8 @@ def test_a_settled_hour_is_answered_from_memory_and_a_newer_one_read_again(
                samples(VMS[0], CPU, "", recent + 20, recent + 300, shift=7)]
     asyncio.run(sink.write(rewrite))
     after = answer(cached, start, end, CPU_ONLY)
-    assert counts == {"hit": missed, "miss": missed}
+    # The settled hours kept; the newer ones read again (the sink's write moved the stamps).
+    assert counts["hit"] >= 3 and counts["miss"] > missed
     fresh = answer(store_of(sink), start, end, CPU_ONLY)
     changed = {t for (a, b) in ((before, after), (before, fresh))
                for ra, rb in zip(a, b, strict=True)
@@ -136,6 +140,34 @@ def test_a_settled_hour_is_answered_from_memory_and_a_newer_one_read_again(
     # Put the values back for the other tests.
     asyncio.run(sink.write([samples(VMS[0], CPU, "", old_hour + 20, old_hour + 300),
                             samples(VMS[0], CPU, "", recent + 20, recent + 300)]))
+
+
+def write_behind_the_stamps(sink: CassandraSink, series: list[Series]) -> None:
+    """The windows as the sink writes them, but without moving the write stamps."""
+    insert = sink.session.prepare(
+        f"INSERT INTO {sink.config.keyspace}.samples "
+        "(vm_id, day, metric, instance, window_start, data) VALUES (?, ?, ?, ?, ?, ?)")
+    for rows in CassandraWriter(sink.session, sink.config).rows(series).values():
+        for row in rows:
+            sink.session.execute(insert, row)
+
+
+def test_newer_hours_are_answered_from_memory_until_a_write_moves_the_stamps(
+        sink: CassandraSink) -> None:
+    cached = store_of(sink, SettledCache(64 << 20, SETTLED))
+    start, end = NOW - 80 * 60, NOW  # nothing settled
+    first = answer(cached, start, end, CPU_ONLY)
+    assert first == answer(store_of(sink), start, end, CPU_ONLY)
+    recent = (NOW - 20 * 60) // 300 * 300
+    changed = [samples(VMS[1], CPU, "", recent + 20, recent + 300, shift=11)]
+    write_behind_the_stamps(sink, changed)
+    fresh = answer(store_of(sink), start, end, CPU_ONLY)
+    assert fresh != first  # Cassandra has the change ...
+    assert answer(cached, start, end, CPU_ONLY) == first  # ... the kept hours do not
+    asyncio.run(sink.write(changed))  # the same windows through the sink: the stamps move
+    assert answer(cached, start, end, CPU_ONLY) == fresh
+    asyncio.run(sink.write([samples(VMS[1], CPU, "", recent + 20, recent + 300)]))
+    assert answer(cached, start, end, CPU_ONLY) == first
 
 
 def test_a_scope_holds_over_a_cache_warmed_provider_wide(sink: CassandraSink) -> None:
@@ -159,3 +191,37 @@ def test_memory_stays_within_its_bound(sink: CassandraSink) -> None:
         assert answer(cached, start, end) == answer(store_of(sink), start, end)
         assert cache.bytes <= bound
     assert len(cache) > 0
+
+
+def test_a_keyspace_from_before_the_stamps_is_named_updated_and_then_stamped(
+        cassandra_env: dict[str, str]) -> None:
+    config = cassandra_config(cassandra_env, keyspace=f"stamps_{uuid.uuid4().hex[:10]}")
+    opened = open_new_keyspace(config, (CPU,))
+    ks, session = config.keyspace, opened.session
+    try:
+        asyncio.run(opened.save_entities(VMS))
+        asyncio.run(opened.write([samples(m, CPU, "", NOW - H, NOW) for m in VMS]))
+        expected = answer(store_of(opened), NOW - H, NOW)
+        session.execute(f"DROP TABLE {ks}.write_stamps")  # what an older version made
+        # Without stamps the newer hours are read every time, and still answered.
+        cached = store_of(opened, SettledCache(64 << 20, SETTLED))
+        assert answer(cached, NOW - H, NOW) == expected == answer(cached, NOW - H, NOW)
+        with pytest.raises(SchemaMismatch, match=rf"table {ks}\.write_stamps is missing; "
+                           "run 'statsfeeder schema update'"):
+            schema.check(session, ks)
+        _, notes = schema.update(session, config, ttl=False, replication=False)
+        assert f"created {ks}.write_stamps" in notes
+        upgraded = CassandraSink(config)
+        upgraded.open()
+        try:
+            asyncio.run(upgraded.write([samples(VMS[0], CPU, "", NOW - 300, NOW)]))
+            stamps = list(session.execute(f"SELECT writer, stamp FROM {ks}.write_stamps"))
+            assert len(stamps) == 1
+            asyncio.run(upgraded.write([samples(VMS[0], CPU, "", NOW - 300, NOW)]))
+            moved = list(session.execute(f"SELECT writer, stamp FROM {ks}.write_stamps"))
+            assert moved[0].writer == stamps[0].writer and moved[0].stamp != stamps[0].stamp
+        finally:
+            upgraded.close()
+    finally:
+        drop_keyspace(session, ks)
+        opened.close()

@@ -17,7 +17,7 @@ from typing import Any
 from statsfeeder.config import CassandraConfig, Replication
 from statsfeeder.errors import ConfigError, SchemaMismatch
 from statsfeeder.rollups import schema as rollups
-from statsfeeder.sinks.cassandra import series_index
+from statsfeeder.sinks.cassandra import series_index, write_stamps
 
 SCHEMA_VERSION = 1
 
@@ -32,6 +32,7 @@ EXPECTED_COLUMNS: dict[str, dict[str, str]] = {
     "leases": {"name": "text", "owner": "text", "acquired": "timestamp"},
     "schema_info": {"key": "text", "version": "int"},
     **series_index.EXPECTED_COLUMNS,
+    **write_stamps.EXPECTED_COLUMNS,
     **rollups.EXPECTED_COLUMNS,
 }
 
@@ -69,6 +70,8 @@ def tables_cql(config: CassandraConfig) -> list[str]:
         f"""CREATE TABLE IF NOT EXISTS {ks}.schema_info (key text PRIMARY KEY, version int)""",
         # Which VMs and series have samples per day and hour (series_index.py).
         series_index.table_cql(ks, ttl),
+        # Moved after every write of windows, for readers that keep the newest hours.
+        write_stamps.table_cql(ks),
         *rollups.tables_cql(config),
     ]
 
@@ -202,7 +205,7 @@ def update(session: Any, config: CassandraConfig, *, ttl: bool, replication: boo
         raise SchemaMismatch(f"schema: keyspace {config.keyspace} does not exist; "
                              "run 'statsfeeder schema create' first")
     added = [p for p in state.problems if p.startswith("table ")]
-    for statement in tables_cql(config):  # tables added since (roll-ups, index): created
+    for statement in tables_cql(config):  # tables added since (roll-ups, index, stamps)
         session.execute(statement)
     state = inspect(session, config.keyspace)
     if state.problems:

@@ -6,6 +6,7 @@ acknowledged every row, so the pipeline can advance its watermarks."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections import defaultdict
@@ -21,6 +22,7 @@ from statsfeeder.model import Series, WriteResult
 from statsfeeder.sinks.cassandra.batches import partition_batches
 from statsfeeder.sinks.cassandra.encoder import encode_window, windows
 from statsfeeder.sinks.cassandra.series_index import IndexWriter, entries
+from statsfeeder.sinks.cassandra.write_stamps import StampWriter
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,7 @@ class CassandraWriter:
         self._slots = asyncio.Semaphore(config.max_in_flight)
         self.in_flight = 0
         self._index = IndexWriter(session, config.keyspace)
+        self._stamp = StampWriter(session, config.keyspace)
 
     def rows(self, series: Iterable[Series]) -> dict[tuple[str, int], list[tuple[Any, ...]]]:
         """Encode series into rows grouped by partition (VM, day)."""
@@ -73,7 +76,16 @@ class CassandraWriter:
             self._index.remember(new)
         row_count = sum(len(rows) for rows in partitions.values())
         statements = partition_batches(self._insert, partitions.values(), ROWS_PER_BATCH)
-        await asyncio.gather(*(self.execute(statement) for statement in statements))
+        # The stamp moves after every write that may have stored a window (write_stamps.py):
+        # readers keep the newest hours in memory only until it does.
+        try:
+            await asyncio.gather(*(self.execute(statement) for statement in statements))
+        except BaseException:
+            with contextlib.suppress(Exception):  # the write's own error is the one to say
+                await self.execute(self._stamp.statement())
+            raise
+        if statements:
+            await self.execute(self._stamp.statement())
         return WriteResult(row_count, sum(len(s) for s in series), len(statements))
 
     async def execute(self, statement: Any, parameters: Any = None) -> None:
