@@ -23,6 +23,7 @@ from statsfeeder.sinks.cassandra.series_index import (
     shard_of,
     split_key,
 )
+from statsfeeder.sinks.cassandra.write_stamps import Generation
 from statsfeeder.sources.vcenter.query import STORAGE_WINDOW
 
 CACHE_ROWS = 500_000
@@ -56,13 +57,17 @@ Entry = tuple[str, frozenset[int], tuple[tuple[str, str], ...]]
 class IndexReader:
     """Reads the index for a Select. Days read whole for metadata answers (series_only) are
     kept ``cache_seconds`` for the next ones (as current as the entities list they are joined
-    with); a Select of samples always reads the index afresh, so new data is never skipped."""
+    with). A Select of samples reads the index afresh unless it passes the write stamps'
+    generation it read first (write_stamps.py): days read under the same generation are
+    still whole, as a sink writes a window's entry before the window and moves its stamp
+    after it."""
 
     def __init__(self, session: Any, keyspace: str, cache_seconds: float = 0.0) -> None:
         self._session = session
         self._keyspace = keyspace
         self._cache_seconds = cache_seconds
         self._cache: dict[int, tuple[float, list[Entry]]] = {}
+        self._stamped: dict[int, tuple[Generation, list[Entry]]] = {}
         self._lock = threading.Lock()
         self._read = session.prepare(
             f"SELECT vm_id, hours, series FROM {keyspace}.{TABLE} WHERE day = ? AND shard = ?")
@@ -74,13 +79,14 @@ class IndexReader:
         return indexed_from(self._session, self._keyspace)
 
     def plan(self, since: int | None, days: Iterable[int], first_s: int, last_s: int,
-             vms: Collection[str], metrics: Collection[str], cached: bool = False) -> Plan:
+             vms: Collection[str], metrics: Collection[str], cached: bool = False,
+             generation: Generation | None = None) -> Plan:
         days = list(days)
         if since is None:
             return Plan(days)
         plan = Plan([day for day in days if day < since])
         indexed = [day for day in days if day >= since and hours_of(day, first_s, last_s)]
-        for day, entries in self._entries(indexed, vms, cached):
+        for day, entries in self._entries(indexed, vms, cached, generation):
             wanted_hours = hours_of(day, first_s, last_s)
             for vm, hours, keys in entries:
                 if vm not in vms or wanted_hours.isdisjoint(hours):
@@ -109,9 +115,10 @@ class IndexReader:
                            if not wanted.isdisjoint(hours))
         return out
 
-    def _entries(self, days: list[int], vms: Collection[str] | None, cached: bool
-                 ) -> list[tuple[int, list[Entry]]]:
-        """``vms`` None: every VM of those days (never read by key)."""
+    def _entries(self, days: list[int], vms: Collection[str] | None, cached: bool,
+                 generation: Generation | None = None) -> list[tuple[int, list[Entry]]]:
+        """``vms`` None: every VM of those days (never read by key); ``generation``: the
+        stamps a Select read, under which whole days are kept for the next Selects."""
         split: dict[str, tuple[str, str]] = {}  # a few distinct series names, many rows
 
         def parse(rows: Iterable[Any], only: Collection[str] | None = None) -> list[Entry]:
@@ -138,22 +145,36 @@ class IndexReader:
         with self._lock:
             for day in days:
                 hit = self._cache.get(day)
+                stamped = self._stamped.get(day)
                 if cached and hit is not None and now - hit[0] < self._cache_seconds:
                     found.append((day, hit[1]))
+                elif not cached and generation is not None and stamped is not None \
+                        and stamped[0] == generation:
+                    found.append((day, stamped[1]))
                 else:
                     missing.append(day)
         # A request per shard: in parallel, where one per day would page in turn.
         pending = [(day, [self._session.execute_async(self._read, (day, shard))
                           for shard in range(SHARDS)]) for day in missing]
         for day, futures in pending:
-            if not cached:  # a Select of samples: only the VMs in question, kept for no one
+            if not cached and generation is None:  # only the VMs in question, kept for no one
                 found.append((day, [entry for future in futures
                                     for entry in parse(future.result(), vms)]))
                 continue
             entries = [entry for future in futures for entry in parse(future.result())]
             found.append((day, entries))
             with self._lock:
-                if sum(len(e) for _, e in self._cache.values()) + len(entries) > CACHE_ROWS:
-                    self._cache.clear()
-                self._cache[day] = (now, entries)
+                if cached:
+                    _make_room(self._cache, len(entries))
+                    self._cache[day] = (now, entries)
+                elif generation is not None:
+                    if generation not in (stamp for stamp, _ in self._stamped.values()):
+                        self._stamped.clear()  # the stamps moved: what was kept may lack some
+                    _make_room(self._stamped, len(entries))
+                    self._stamped[day] = (generation, entries)
         return found
+
+
+def _make_room(kept: dict[int, tuple[Any, list[Entry]]], adding: int) -> None:
+    if sum(len(entries) for _, entries in kept.values()) + adding > CACHE_ROWS:
+        kept.clear()

@@ -246,8 +246,12 @@ class SeriesStore:
         by_metric = {m.metric: m for m in wanted}
         metric_list = sorted(by_metric)
         one = metric_list[0] if len(metric_list) == 1 else None
+        cache = NO_CACHE if request.series_only else self._cache
+        # The stamps before the index and any window (write_stamps.py): unchanged, the index
+        # days and the newest hours kept are what Cassandra holds.
+        generation = self._stamps.generation() if cache.max_bytes > 0 else None
         plan = self._index.plan(self._since, days, first_s, last_s, {e.vm for e, _ in vms},
-                                by_metric, cached=request.series_only)
+                                by_metric, cached=request.series_only, generation=generation)
         scan = set(plan.scan_days)
         # Indexed days: only the VM-days with samples in range are read, and a metadata
         # answer (series_only) reads none: the index lists the series.
@@ -259,11 +263,6 @@ class SeriesStore:
                       for day in days) // STORAGE_WINDOW + 1
         size = max(1, min(VM_BATCH, ROWS_PER_REQUEST // (windows * len(metric_list))))
         batches = [vms[i:i + size] for i in range(0, len(vms), size)]
-        cache = NO_CACHE if request.series_only else self._cache
-        # The stamps before any window (write_stamps.py): unchanged, the newest hours kept
-        # are what Cassandra holds.
-        generation = (self._stamps.generation() if cache.max_bytes > 0
-                      and last_s * 1000 >= cache.settled_before_ms() else None)
         params: list[tuple[Any, ...]] = []
         day_reads: list[list[DayRead]] = []
         for batch in batches:

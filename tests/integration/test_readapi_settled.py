@@ -20,6 +20,7 @@ from statsfeeder.model import Counter, EntityId, Series, VirtualMachine
 from statsfeeder.readapi.settled import SettledCache
 from statsfeeder.readapi.store import Matcher, Scope, SelectRequest, SeriesStore
 from statsfeeder.sinks.cassandra import schema
+from statsfeeder.sinks.cassandra.series_index import IndexWriter, entries
 from statsfeeder.sinks.cassandra.sink import CassandraSink
 from statsfeeder.sinks.cassandra.writer import CassandraWriter
 from tests.helpers import cassandra_config, drop_keyspace, open_new_keyspace
@@ -143,11 +144,15 @@ def test_a_settled_hour_is_answered_from_memory_and_a_newer_one_read_again(
 
 
 def write_behind_the_stamps(sink: CassandraSink, series: list[Series]) -> None:
-    """The windows as the sink writes them, but without moving the write stamps."""
+    """Index entries and windows as the sink writes them, but without moving the stamps."""
     insert = sink.session.prepare(
         f"INSERT INTO {sink.config.keyspace}.samples "
         "(vm_id, day, metric, instance, window_start, data) VALUES (?, ?, ?, ?, ?, ?)")
-    for rows in CassandraWriter(sink.session, sink.config).rows(series).values():
+    partitions = CassandraWriter(sink.session, sink.config).rows(series)
+    index = IndexWriter(sink.session, sink.config.keyspace)
+    for statement in index.statements(entries(partitions)):
+        sink.session.execute(statement)
+    for rows in partitions.values():
         for row in rows:
             sink.session.execute(insert, row)
 
@@ -168,6 +173,14 @@ def test_newer_hours_are_answered_from_memory_until_a_write_moves_the_stamps(
     assert answer(cached, start, end, CPU_ONLY) == fresh
     asyncio.run(sink.write([samples(VMS[1], CPU, "", recent + 20, recent + 300)]))
     assert answer(cached, start, end, CPU_ONLY) == first
+    # A series new to the index: the index days kept are as old as the hours kept.
+    everything = answer(cached, start, end)
+    disk = [samples(VMS[1], DISK, "scsi0:9", recent + 20, recent + 300)]
+    write_behind_the_stamps(sink, disk)
+    assert len(answer(store_of(sink), start, end)) == len(everything) + 1
+    assert answer(cached, start, end) == everything
+    asyncio.run(sink.write(disk))
+    assert answer(cached, start, end) == answer(store_of(sink), start, end) != everything
 
 
 def test_a_scope_holds_over_a_cache_warmed_provider_wide(sink: CassandraSink) -> None:
