@@ -49,38 +49,37 @@ func (s *packedSeries) Iterator(chunkenc.Iterator) chunkenc.Iterator {
 // then, and each window's in-range sample count is known for packedSamples.
 func (s *packedSeries) check() error {
 	s.before = make([]int32, len(s.starts)+1)
-	var t []int64
-	var v []float64
+	var samples []floatSample
 	for w := range s.starts {
 		var err error
-		if t, v, err = s.decodeWindow(w, t[:0], v[:0]); err != nil {
+		if samples, err = s.decodeWindow(w, samples[:0]); err != nil {
 			return err
 		}
-		s.before[w+1] = s.before[w] + int32(len(t))
+		s.before[w+1] = s.before[w] + int32(len(samples))
 	}
 	return nil
 }
 
-// decodeWindow appends the in-range samples of window w to t and v.
-func (s *packedSeries) decodeWindow(w int, t []int64, v []float64) ([]int64, []float64, error) {
+// decodeWindow appends the in-range samples of window w to out.
+func (s *packedSeries) decodeWindow(w int, out []floatSample) ([]floatSample, error) {
 	begin := uint32(0)
 	if w > 0 {
 		begin = s.ends[w-1]
 	}
 	if begin > s.ends[w] {
-		return t, v, errBlob
+		return out, errBlob
 	}
 	blob := s.data[begin:s.ends[w]]
 	start := s.starts[w]
 	if len(blob) == 0 {
-		return t, v, errBlob
+		return out, errBlob
 	}
 	var grid [windowSeconds / slotSeconds]int64
 	var times []int64
 	position := 1
 	if blob[0]&flagOnGrid != 0 {
 		if len(blob) < 3 {
-			return t, v, errBlob
+			return out, errBlob
 		}
 		bitmap := uint16(blob[1]) | uint16(blob[2])<<8
 		n := 0
@@ -95,7 +94,7 @@ func (s *packedSeries) decodeWindow(w int, t []int64, v []float64) ([]int64, []f
 	} else {
 		count, next, ok := uvarint(blob, position)
 		if !ok || count > uint64(len(blob)) {
-			return t, v, errBlob
+			return out, errBlob
 		}
 		position = next
 		at := start
@@ -103,7 +102,7 @@ func (s *packedSeries) decodeWindow(w int, t []int64, v []float64) ([]int64, []f
 		for i := uint64(0); i < count; i++ {
 			offset, next, ok := uvarint(blob, position)
 			if !ok {
-				return t, v, errBlob
+				return out, errBlob
 			}
 			position = next
 			at += int64(offset)
@@ -114,16 +113,15 @@ func (s *packedSeries) decodeWindow(w int, t []int64, v []float64) ([]int64, []f
 	for _, stamp := range times {
 		zigzag, next, ok := uvarint(blob, position)
 		if !ok {
-			return t, v, errBlob
+			return out, errBlob
 		}
 		position = next
 		value += int64(zigzag>>1) ^ -int64(zigzag&1)
 		if ms := stamp * 1000; ms >= s.mint && ms <= s.maxt {
-			t = append(t, ms)
-			v = append(v, float64(value)*s.scale)
+			out = append(out, floatSample{ms, float64(value) * s.scale})
 		}
 	}
-	return t, v, nil
+	return out, nil
 }
 
 func uvarint(blob []byte, position int) (uint64, int, bool) {
@@ -142,12 +140,13 @@ func uvarint(blob []byte, position int) (uint64, int, bool) {
 }
 
 // packedSamples is one iteration's view of a packed series (storage.Samples): the window
-// holding the sample asked for is decoded and kept until another is asked for.
+// holding the sample asked for is decoded and kept until another is asked for. Get returns
+// a pointer into that window's samples: a floatSample value in the chunks.Sample interface
+// would be an allocation per call, several per sample as the list iterator calls it.
 type packedSamples struct {
-	series *packedSeries
-	window int
-	t      []int64
-	v      []float64
+	series  *packedSeries
+	window  int
+	samples []floatSample
 }
 
 func (p *packedSamples) Len() int { return int(p.series.before[len(p.series.starts)]) }
@@ -162,11 +161,10 @@ func (p *packedSamples) Get(i int) chunks.Sample {
 			w = sort.Search(len(s.starts), func(k int) bool { return int(s.before[k+1]) > i })
 		}
 		// Checked when the frame was read (check), so it decodes.
-		p.t, p.v, _ = s.decodeWindow(w, p.t[:0], p.v[:0])
+		p.samples, _ = s.decodeWindow(w, p.samples[:0])
 		p.window = w
 	}
-	k := i - int(s.before[w])
-	return floatSample{p.t[k], p.v[k]}
+	return &p.samples[i-int(s.before[w])]
 }
 
 type floatSample struct {
