@@ -150,6 +150,9 @@ def queries(vms: list[BenchVm], p: Plan) -> list[dict[str, Any]]:
     vm0, org0 = vms[0], vms[0].org
     day, hour = {"start": p.end - 86400, "end": p.end}, {"start": p.end - 3600, "end": p.end}
     return [
+        # No Select: what every query pays (HTTP, token, the engine's round trip).
+        {"name": "1+1 (Grafana's Save & test)", "path": "/api/v1/query",
+         "form": {"query": "1+1", "time": p.end}},
         {"name": "one VM, 10 metrics, 24 h, step 60 s", "path": "/api/v1/query_range",
          "form": {"query": f'{{vm="{vm0.urn}"}}', **day, "step": 60}},
         {"name": "1,000 VMs, topk(10, avg_over_time(...[1h])), instant",
@@ -185,6 +188,8 @@ def summary(data: Any) -> Any:
     engine (Prometheus 3) does not, so averages may differ in the last digits."""
     if isinstance(data, list):
         return sorted(data)
+    if data["resultType"] == "scalar":
+        return data["result"]
     if data["resultType"] == "vector":
         return sorted(json.dumps(i["metric"], sort_keys=True) for i in data["result"])
     return sorted((json.dumps(i["metric"], sort_keys=True), len(i["values"]),

@@ -23,6 +23,7 @@ from statsfeeder.sinks.cassandra.encoder import (
     BlobError,
     decode_window,
 )
+from statsfeeder.sources.vcenter.query import STORAGE_WINDOW
 
 Key = tuple[str, str]
 """(metric, instance)"""
@@ -89,7 +90,7 @@ def decoded(rows: list[tuple[Any, ...]], first_s: int, last_s: int, metric: str 
     """VM → (metric, instance) → its timestamps and raw values in [first_s, last_s]. Rows:
     (vm_id, metric, instance, start_ms, data), or without metric when ``metric`` is given;
     ``settled`` as ``packed``'s."""
-    groups = _groups(rows, metric, settled)
+    groups = _groups(rows, metric, settled, first_s, last_s)
     if groups is None:
         return {}
     stamps, raw, counts = decode_windows_counted(groups.starts, groups.blobs)
@@ -132,9 +133,11 @@ def hourly(rows: list[tuple[Any, ...]], metric: str | None = None
     return found
 
 
-def _merged(settled: Mapping[SeriesKey, list[Windows]], fresh: _Groups | None) -> _Groups:
+def _merged(settled: Mapping[SeriesKey, list[Windows]], fresh: _Groups | None,
+            first_window_s: int, last_window_s: int) -> _Groups:
     """Each series' settled windows (kept or just read whole hours) followed by its fresh
-    ones, as one batch's groups."""
+    ones, as one batch's groups; kept windows starting outside [first_window_s,
+    last_window_s] left out (one array compare for the batch)."""
     parts: dict[SeriesKey, list[Windows]] = {key: list(w) for key, w in settled.items()}
     if fresh is not None:
         bounds = np.append(fresh.firsts, len(fresh.blobs)).tolist()
@@ -143,7 +146,7 @@ def _merged(settled: Mapping[SeriesKey, list[Windows]], fresh: _Groups | None) -
             key = fresh.keys[fresh.series_ids[low]]
             parts.setdefault(key, []).append((fresh.starts[low:high],
                                               tuple(fresh.blobs[low:high])))
-    keys = [key for key, windows in parts.items() if any(len(s) for s, _ in windows)]
+    keys = list(parts)
     blobs: list[bytes] = []
     starts: list[np.ndarray] = []
     sizes = []
@@ -154,14 +157,23 @@ def _merged(settled: Mapping[SeriesKey, list[Windows]], fresh: _Groups | None) -
             blobs.extend(kept)
         sizes.append(len(blobs) - before)
     series_ids = np.repeat(np.arange(len(keys), dtype=np.int64), sizes)
-    return _Groups(keys, series_ids, np.flatnonzero(np.diff(series_ids, prepend=-1)),
-                   np.concatenate(starts) if starts else np.empty(0, dtype=np.int64), blobs)
+    all_starts = np.concatenate(starts) if starts else np.empty(0, dtype=np.int64)
+    inside = (all_starts >= first_window_s) & (all_starts <= last_window_s)
+    if not inside.all():
+        all_starts, series_ids = all_starts[inside], series_ids[inside]
+        blobs = list(itertools.compress(blobs, inside.tolist()))
+    present, series_ids = np.unique(series_ids, return_inverse=True)  # series left, renumbered
+    return _Groups([keys[k] for k in present.tolist()], series_ids,
+                   np.flatnonzero(np.diff(series_ids, prepend=-1)), all_starts, blobs)
 
 
 def _groups(rows: list[tuple[Any, ...]], metric: str | None,
-            settled: Mapping[SeriesKey, list[Windows]] | None) -> _Groups | None:
+            settled: Mapping[SeriesKey, list[Windows]] | None, first_s: int, last_s: int
+            ) -> _Groups | None:
     if settled:
-        groups = _merged(settled, _grouped(rows, metric) if rows else None)
+        # A window holds the STORAGE_WINDOW seconds after its start.
+        groups = _merged(settled, _grouped(rows, metric) if rows else None,
+                         first_s - STORAGE_WINDOW, last_s)
         return groups if groups.blobs else None
     return _grouped(rows, metric) if rows else None
 
@@ -172,7 +184,7 @@ def packed(rows: list[tuple[Any, ...]], first_s: int, last_s: int, metric: str |
     """VM → (metric, instance) → its windows undecoded, with the samples in range counted
     from the windows' headers (on the 20-s grid: no varint is read). Rows as ``decoded``;
     ``settled``: windows of each series to put before the rows' (SettledCache)."""
-    groups = _groups(rows, metric, settled)
+    groups = _groups(rows, metric, settled, first_s, last_s)
     if groups is None:
         return {}
     lengths = np.fromiter(map(len, groups.blobs), dtype=np.int64, count=len(groups.blobs))

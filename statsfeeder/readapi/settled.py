@@ -18,7 +18,6 @@ series' windows come back in time order.
 
 from __future__ import annotations
 
-import itertools
 import sys
 import threading
 import time
@@ -26,8 +25,6 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-
-import numpy as np
 
 from statsfeeder.readapi import batch as batch_rows
 from statsfeeder.readapi.batch import SeriesKey, Windows
@@ -171,21 +168,17 @@ class SettledCache:
     def collect(self, read: DayRead, filled: Sequence[list[tuple[Any, ...]]],
                 into: Settled) -> None:
         """Adds the request's windows, kept or just read (``filled``: the rows of each of
-        ``read.fills``, kept from now on), clipped to its range, to each series' in ``into``,
-        in time order."""
+        ``read.fills``, kept from now on), to each series' in ``into``, in time order: whole
+        hours, which the batch (``batch._merged``) clips to the Select's range."""
         found: dict[str, list[tuple[str, int, Entry]]] = dict(read.kept)
         for (ids, span), rows in zip(read.fills, filled, strict=True):
             for vm, entries in self._keep(read, ids, span, rows):
                 found[vm] = sorted(found.get(vm, []) + entries, key=_hour) if vm in found \
                     else entries
         for vm, entries in found.items():
-            for metric, hour, entry in entries:
-                inside = read.lo_ms <= hour and hour + HOUR_MS - 1 <= read.hi_ms
-                for instance, (starts, blobs) in entry:
-                    if not inside:
-                        starts, blobs = _clipped(starts, blobs, read.lo_ms, read.hi_ms)
-                    if len(starts):
-                        into.setdefault((vm, metric, instance), []).append((starts, blobs))
+            for metric, _, entry in entries:
+                for instance, windows in entry:
+                    into.setdefault((vm, metric, instance), []).append(windows)
 
     def _keep(self, read: DayRead, ids: list[str], span: tuple[int, int],
               rows: list[tuple[Any, ...]]) -> list[tuple[str, list[tuple[str, int, Entry]]]]:
@@ -231,14 +224,6 @@ class SettledCache:
 
 def _hour(item: tuple[str, int, Entry]) -> int:
     return item[1]
-
-
-def _clipped(starts: np.ndarray, blobs: tuple[bytes, ...], lo_ms: int, hi_ms: int
-             ) -> Windows:
-    inside = (starts * 1000 >= lo_ms) & (starts * 1000 <= hi_ms)
-    if inside.all():
-        return starts, blobs
-    return starts[inside], tuple(itertools.compress(blobs, inside.tolist()))
 
 
 def settled_cache(config: ReadApiConfig, metrics: ReadApiMetrics) -> SettledCache:

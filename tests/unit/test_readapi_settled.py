@@ -4,6 +4,9 @@ dropped first."""
 
 from __future__ import annotations
 
+import numpy as np
+
+from statsfeeder.readapi import batch as batch_rows
 from statsfeeder.readapi.settled import (
     DAY_MS,
     ENTRY_BYTES,
@@ -12,6 +15,7 @@ from statsfeeder.readapi.settled import (
     DayRead,
     SettledCache,
 )
+from statsfeeder.sources.vcenter.query import STORAGE_WINDOW
 
 DAY = 20_000
 NOON = DAY * 86400 + 12 * 3600
@@ -59,9 +63,15 @@ def blob(start_ms: int) -> bytes:
     return b"\x01\x00\x00" + bytes([start_ms // 300_000 % 100])
 
 
-def windows_of(settled: dict, vm: str = "a") -> list[tuple[int, bytes]]:
-    return [(int(t), b) for starts, blobs in settled.get((vm, "cpu", ""), [])
-            for t, b in zip(starts.tolist(), blobs, strict=True)]
+def windows_of(settled: dict, lo_ms: int, hi_ms: int, vm: str = "a") -> list[tuple[int, bytes]]:
+    """The windows a Select of [lo_ms, hi_ms] (window starts) sends: the batch clips."""
+    found = batch_rows.packed([], lo_ms // 1000 + STORAGE_WINDOW, hi_ms // 1000, "cpu", settled)
+    series = found.get(vm, {}).get(("cpu", ""))
+    if series is None:
+        return []
+    ends = np.cumsum(series.lengths).tolist()
+    return [(int(t), series.data[end - size:end]) for t, size, end in
+            zip(series.starts.tolist(), series.lengths.tolist(), ends, strict=True)]
 
 
 def test_kept_windows_come_back_clipped_and_age_out() -> None:
@@ -75,12 +85,12 @@ def test_kept_windows_come_back_clipped_and_age_out() -> None:
     expected = [(r[2] // 1000, r[3]) for r in filled if lo <= r[2] <= hi]
     settled: dict = {}
     cache.collect(read, [filled], settled)
-    assert windows_of(settled) == expected
+    assert windows_of(settled, lo, hi) == expected
     again = cache.plan(["a"], DAY, ["cpu"], True, lo, hi)
     assert again.fills == []
     settled = {}
     cache.collect(again, [], settled)
-    assert windows_of(settled) == expected
+    assert windows_of(settled, lo, hi) == expected
     clock.now += 3601  # older than max_age_seconds: read again
     assert filled_ids(cache.plan(["a"], DAY, ["cpu"], True, first, last)) == ["a"]
 
@@ -134,11 +144,12 @@ def test_newer_hours_are_kept_while_the_write_stamps_stand_still() -> None:
     # A write since (the stamps moved): only the newer hours are read again.
     moved = cache.plan(["a"], DAY, ["cpu"], True, lo, hi, G2)
     assert moved.fills == [(["a"], (settled, NOON * 1000 + HOUR_MS - 1))]
-    newer = [*rows_for("a", settled, NOON * 1000), ("a", "", NOON * 1000 + 300_000, b"new")]
+    newest = ("a", "", NOON * 1000 + 300_000, b"\x01\x00\x00N")
+    newer = [*rows_for("a", settled, NOON * 1000), newest]
     into: dict = {}
     cache.collect(moved, [newer], into)
     expected = [(r[2] // 1000, r[3]) for r in rows[0] + newer if lo <= r[2] <= hi]
-    assert windows_of(into) == expected  # kept settled hours first: time order
+    assert windows_of(into, lo, hi) == expected  # kept settled hours first: time order
     # Without stamps (none readable), newer hours are read as without a cache.
     unknown = cache.plan(["a"], DAY, ["cpu"], True, lo, hi, None)
     assert (unknown.fills, unknown.fresh) == ([], (settled, hi))
@@ -152,7 +163,7 @@ def test_newer_hours_read_under_stamps_that_moved_meanwhile_are_not_kept() -> No
     cache.plan(["b"], DAY, ["cpu"], True, hour, hour + HOUR_MS - 1, G2)  # a write since
     into: dict = {}
     cache.collect(slow, [rows_for("a", hour, hour)], into)
-    assert windows_of(into)  # the Select still answers with what it read
+    assert windows_of(into, hour, hour + HOUR_MS - 1)  # the Select answers with what it read
     assert filled_ids(cache.plan(["a"], DAY, ["cpu"], True, hour, hour + HOUR_MS - 1, G2)) \
         == ["a"]
 

@@ -146,25 +146,28 @@ func uvarint(blob []byte, position int) (uint64, int, bool) {
 type packedSamples struct {
 	series  *packedSeries
 	window  int
+	first   int // the index of the window's first sample
 	samples []floatSample
 }
 
 func (p *packedSamples) Len() int { return int(p.series.before[len(p.series.starts)]) }
 
+// Get is called several times per sample (Next, At, AtT, AtST): the window at hand first.
 func (p *packedSamples) Get(i int) chunks.Sample {
+	if k := i - p.first; p.window >= 0 && k >= 0 && k < len(p.samples) {
+		return &p.samples[k]
+	}
 	s := p.series
 	w := p.window
-	if w < 0 || i < int(s.before[w]) || i >= int(s.before[w+1]) {
-		if w >= 0 && w+1 < len(s.starts) && i >= int(s.before[w+1]) && i < int(s.before[w+2]) {
-			w++ // the next window: iterating in order
-		} else {
-			w = sort.Search(len(s.starts), func(k int) bool { return int(s.before[k+1]) > i })
-		}
-		// Checked when the frame was read (check), so it decodes.
-		p.samples, _ = s.decodeWindow(w, p.samples[:0])
-		p.window = w
+	if w >= 0 && w+1 < len(s.starts) && i >= int(s.before[w+1]) && i < int(s.before[w+2]) {
+		w++ // the next window: iterating in order
+	} else {
+		w = sort.Search(len(s.starts), func(k int) bool { return int(s.before[k+1]) > i })
 	}
-	return &p.samples[i-int(s.before[w])]
+	// Checked when the frame was read (check), so it decodes.
+	p.samples, _ = s.decodeWindow(w, p.samples[:0])
+	p.window, p.first = w, int(s.before[w])
+	return &p.samples[i-p.first]
 }
 
 type floatSample struct {
