@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from statsfeeder.readapi.decode import decode_windows_counted, grid_slots
+from statsfeeder.readapi.names import DEVICE_LABEL
 from statsfeeder.sinks.cassandra.encoder import (
     VERSION_FLAGS_ON_GRID,
     BlobError,
@@ -216,15 +217,28 @@ def packed(rows: list[tuple[Any, ...]], first_s: int, last_s: int, metric: str |
     return found
 
 
-def encode_labels(labels: Mapping[str, str]) -> list[bytes]:
-    return [struct.pack("<I", len(labels)), *map(_label, labels.items())]
+def encode_entity(labels: Mapping[str, str]) -> bytes:
+    """A VM's entity labels as a frame carries them (every series of the VM shares them)."""
+    return b"".join(map(_label, labels.items()))
 
 
-def encode_packed(labels: Mapping[str, str], series: Packed, scale: float) -> bytes:
-    """A packed series (the engine's readPacked): labels, the marker, f64 scale, i64 first
-    and last timestamp kept (ms), u32 samples kept, u32 windows, u32 data bytes, i64 starts,
-    u32 lengths, the blobs."""
-    return b"".join([*encode_labels(labels),
+def encode_labels(name: str, entity: bytes, entity_labels: int, device: str) -> bytes:
+    """A series' labels: its metric name, its VM's ``encode_entity`` (``entity_labels`` of
+    them), its device if any. Label order is free: the engine sorts them."""
+    count = 1 + entity_labels + (1 if device else 0)
+    return b"".join((struct.pack("<I", count), _label(("__name__", name)), entity,
+                     _label((DEVICE_LABEL, device)) if device else b""))
+
+
+def label_bytes(labels: Mapping[str, str]) -> bytes:
+    return struct.pack("<I", len(labels)) + encode_entity(labels)
+
+
+def encode_packed(labels: bytes, series: Packed, scale: float) -> bytes:
+    """A packed series (the engine's readPacked): labels (``encode_labels``), the marker,
+    f64 scale, i64 first and last timestamp kept (ms), u32 samples kept, u32 windows, u32
+    data bytes, i64 starts, u32 lengths, the blobs."""
+    return b"".join([labels,
                      struct.pack("<IdqqIII", POINTS_PACKED, scale, series.first_s * 1000,
                                  series.last_s * 1000,
                                  series.samples, len(series.starts), len(series.data)),
@@ -234,7 +248,7 @@ def encode_packed(labels: Mapping[str, str], series: Packed, scale: float) -> by
 
 def encode_series(labels: Mapping[str, str], stamps: np.ndarray, values: np.ndarray) -> bytes:
     # Label order is free: the engine sorts them.
-    out = [*encode_labels(labels), struct.pack("<I", len(stamps))]
+    out = [label_bytes(labels), struct.pack("<I", len(stamps))]
     if len(stamps):
         out.append((stamps.astype("<i8") * 1000).tobytes())
         out.append(values.astype("<f8").tobytes())

@@ -28,7 +28,13 @@ from cassandra.cluster import EXEC_PROFILE_DEFAULT
 from cassandra.query import tuple_factory
 
 from statsfeeder.readapi import batch as batch_rows
-from statsfeeder.readapi.batch import Packed, encode_packed, encode_series
+from statsfeeder.readapi.batch import (
+    Packed,
+    encode_entity,
+    encode_labels,
+    encode_packed,
+    encode_series,
+)
 from statsfeeder.readapi.index import IndexReader
 from statsfeeder.readapi.names import (
     ENTITY_LABELS,
@@ -140,6 +146,8 @@ class SeriesStore:
         self._lock = threading.Lock()
         self._loaded_at = -1e18
         self._entities: list[tuple[Entity, dict[str, str]]] = []
+        self._encoded_entities: dict[str, bytes] = {}
+        """Each VM's entity labels as the frame carries them, made once per entities read."""
         self._catalog: dict[str, StoredMetric] = {}
         self._index = IndexReader(session, keyspace, cache_seconds)
         self._stamps = StampReader(session, keyspace)
@@ -175,6 +183,7 @@ class SeriesStore:
                 (Entity(r.vm_id, r.name or "", r.vapp or "", r.vdc or "", r.org or "",
                         r.vcenter or "", r.moref or "") for r in rows), key=lambda e: e.vm)
             self._entities = [(e, e.labels()) for e in entities]
+            self._encoded_entities = {}
             self._catalog = catalog((r.metric, r.unit, r.scale) for r in self._session.execute(
                 f"SELECT metric, unit, scale FROM {ks}.metrics"))
             self._since = self._index.indexed_from()
@@ -202,8 +211,10 @@ class SeriesStore:
         try:
             for labels, scale, stored in self._selected(request, scope, packed=True):
                 if isinstance(stored, Packed):
+                    assert isinstance(labels, bytes)
                     piece = encode_packed(labels, stored, scale)
                 else:
+                    assert isinstance(labels, dict)
                     piece = encode_series(labels, *stored)
                 pending.append(piece)
                 size += len(piece)
@@ -220,14 +231,17 @@ class SeriesStore:
                ) -> Iterator[tuple[dict[str, str], np.ndarray, np.ndarray]]:
         """The selected series decoded: labels, timestamps (s), values."""
         for labels, _, stored in self._selected(request, scope, packed=False):
-            assert not isinstance(stored, Packed)
+            assert not isinstance(stored, Packed) and isinstance(labels, dict)
             yield labels, *stored
 
     def _selected(self, request: SelectRequest, scope: Scope, packed: bool
-                  ) -> Iterator[tuple[dict[str, str], float, Packed | tuple[Any, Any]]]:
-        """Labels, scale and samples of each selected series: packed windows (``packed``,
-        the samples of a Select) or timestamps and scaled values (metadata answers: none)."""
+                  ) -> Iterator[tuple[dict[str, str] | bytes, float, Packed | tuple[Any, Any]]]:
+        """Labels, scale and samples of each selected series: encoded labels and packed
+        windows (``packed``, the samples of a Select), or labels and timestamps and scaled
+        values (metadata answers: none)."""
         self.refresh()
+        with self._lock:
+            entities, encoded = self._entities, self._encoded_entities
         checks = [(m.name, m.compile()) for m in request.matchers]
         known = {"__name__", *ENTITY_LABELS, "device"}
         if any(name not in known and not check("") for name, check in checks):
@@ -236,7 +250,7 @@ class SeriesStore:
                   if all(check(name) for label, check in checks if label == "__name__")]
         entity_checks = [(n, c) for n, c in checks if n in ENTITY_LABELS]
         series_checks = [(n, c) for n, c in checks if n not in ENTITY_LABELS]  # per series
-        vms = entities_in(self._entities, scope, entity_checks)
+        vms = entities_in(entities, scope, entity_checks)
         if not wanted or not vms:
             return
         span = read_range(request.start_ms, request.end_ms, self._ttl)
@@ -301,9 +315,10 @@ class SeriesStore:
                     stored = mine.get(key)
                     if key not in indexed and not _samples(stored):
                         continue
-                    full = series_labels(info.name, labels, instance)
-                    if not all(check(full.get(name, "")) for name, check in series_checks):
-                        continue
+                    if series_checks or not packed or request.series_only:
+                        full = series_labels(info.name, labels, instance)
+                        if not all(check(full.get(name, "")) for name, check in series_checks):
+                            continue
                     count += 1
                     if count > self.max_series:
                         raise SeriesLimit(f"query selects more than {self.max_series} series "
@@ -311,7 +326,11 @@ class SeriesStore:
                     if request.series_only:
                         yield full, info.scale, (_EMPTY, np.empty(0))
                     elif isinstance(stored, Packed):
-                        yield full, info.scale, stored
+                        part = encoded.get(entity.vm)
+                        if part is None:
+                            part = encoded[entity.vm] = encode_entity(labels)
+                        yield encode_labels(info.name, part, len(labels), instance), \
+                            info.scale, stored
                     else:
                         assert stored is not None
                         stamps, raw = stored

@@ -10,7 +10,7 @@ import random
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from statsfeeder.readapi.batch import Packed, decoded, encode_packed, packed
+from statsfeeder.readapi.batch import Packed, decoded, encode_packed, label_bytes, packed
 from statsfeeder.readapi.instrument import count_select
 from statsfeeder.readapi.store import END, MAGIC
 from statsfeeder.sinks.cassandra.encoder import decode_window, encode_window
@@ -64,8 +64,9 @@ def test_a_packed_frame_is_counted() -> None:
     rows = rows_of(random.Random(3))
     stored = packed(rows, W, W + 3600)
     items: list[Packed] = [item for series in stored.values() for item in series.values()]
-    pieces = [MAGIC + b"".join(encode_packed({"__name__": "m", "n": str(n)}, item, 0.01)
-                               for n, item in enumerate(items)) + END]
+    pieces = [MAGIC + b"".join(
+        encode_packed(label_bytes({"__name__": "m", "n": str(n)}), item, 0.01)
+        for n, item in enumerate(items)) + END]
     registry = CollectorRegistry()
     count_select(ReadApiMetrics(registry), pieces)
     assert registry.get_sample_value("statsfeeder_read_api_series_returned_total") == len(items)
