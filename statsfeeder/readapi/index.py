@@ -40,7 +40,8 @@ class Plan:
     reads: dict[str, set[int]] = field(default_factory=dict)
     """VM → indexed days with samples in the range (the partitions worth reading)."""
     listed: dict[str, set[tuple[str, str]]] = field(default_factory=dict)
-    """VM → (metric, instance) it has on those days, among the wanted metrics."""
+    """VM → (metric, instance) it has on those days, among the wanted metrics (for metadata
+    answers: ``cached``)."""
 
 
 def hours_of(day: int, first_s: int, last_s: int) -> set[int]:
@@ -95,7 +96,8 @@ class IndexReader:
                 present = [key for key in keys if key[0] in metrics]
                 if present:
                     plan.reads.setdefault(vm, set()).add(day)
-                    plan.listed.setdefault(vm, set()).update(present)
+                    if cached:  # a metadata answer's series come from here
+                        plan.listed.setdefault(vm, set()).update(present)
         return plan
 
     def present(self, since: int | None, days: Iterable[int], first_s: int, last_s: int

@@ -249,7 +249,8 @@ class SeriesStore:
         wanted = [m for name, m in self._catalog.items()
                   if all(check(name) for label, check in checks if label == "__name__")]
         entity_checks = [(n, c) for n, c in checks if n in ENTITY_LABELS]
-        series_checks = [(n, c) for n, c in checks if n not in ENTITY_LABELS]  # per series
+        # Per series: the device (names were applied to the catalog: ``wanted``).
+        series_checks = [(n, c) for n, c in checks if n not in ENTITY_LABELS and n != "__name__"]
         vms = entities_in(entities, scope, entity_checks)
         if not wanted or not vms:
             return
