@@ -217,6 +217,23 @@ def packed(rows: list[tuple[Any, ...]], first_s: int, last_s: int, metric: str |
     return found
 
 
+class CountedPiece(bytes):
+    """Frame bytes that say what they hold, so the read API counts a Select's series and
+    samples without parsing its frame again (``instrument.SelectCounter``)."""
+
+    series: int
+    samples: int
+    ends: str | None
+    """None: the frame goes on; else it ends here, as "ok" or "limit"."""
+
+    @classmethod
+    def of(cls, parts: list[bytes], series: int, samples: int, ends: str | None = None
+           ) -> CountedPiece:
+        piece = cls(b"".join(parts))
+        piece.series, piece.samples, piece.ends = series, samples, ends
+        return piece
+
+
 def encode_entity(labels: Mapping[str, str]) -> bytes:
     """A VM's entity labels as a frame carries them (every series of the VM shares them)."""
     return b"".join(map(_label, labels.items()))

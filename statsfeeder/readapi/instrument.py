@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from statsfeeder.readapi.batch import POINTS_PACKED
+from statsfeeder.readapi.batch import POINTS_PACKED, CountedPiece
 from statsfeeder.readapi.store import END, ERROR, FAILURE, MAGIC
 from statsfeeder.telemetry import ReadApiMetrics
 
@@ -66,6 +66,14 @@ class SelectCounter:
         self._finished = False
 
     def add(self, piece: bytes) -> None:
+        if isinstance(piece, CountedPiece):  # the store's: it says what it holds
+            self.series += piece.series
+            self.samples += piece.samples
+            if piece.ends is not None:
+                self.ended = True
+                if piece.ends == "limit":
+                    self.outcome = "limit"
+            return
         offset = len(MAGIC) if piece.startswith(MAGIC) else 0
         while offset < len(piece):
             (head,) = struct.unpack_from("<I", piece, offset)

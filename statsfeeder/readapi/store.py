@@ -29,6 +29,7 @@ from cassandra.query import tuple_factory
 
 from statsfeeder.readapi import batch as batch_rows
 from statsfeeder.readapi.batch import (
+    CountedPiece,
     Packed,
     encode_entity,
     encode_labels,
@@ -207,7 +208,7 @@ class SeriesStore:
         a limit overrun ends it with an error. Samples go as stored (packed windows, decoded
         by the engine) except for metadata answers, which carry none."""
         pending = [MAGIC]
-        size = 0
+        size = series = samples = 0
         try:
             for labels, scale, stored in self._selected(request, scope, packed=True):
                 if isinstance(stored, Packed):
@@ -218,14 +219,18 @@ class SeriesStore:
                     piece = encode_series(labels, *stored)
                 pending.append(piece)
                 size += len(piece)
+                series += 1
+                samples += _samples(stored)
                 if size >= PIECE_BYTES:  # few, larger writes to the engine
-                    yield b"".join(pending)
-                    pending, size = [], 0
+                    yield CountedPiece.of(pending, series, samples)
+                    pending, size, series, samples = [], 0, 0, 0
         except SeriesLimit as exc:
             message = str(exc).encode()
-            yield b"".join(pending) + struct.pack("<II", ERROR, len(message)) + message
+            pending.append(struct.pack("<II", ERROR, len(message)) + message)
+            yield CountedPiece.of(pending, series, samples, "limit")
             return
-        yield b"".join(pending) + END
+        pending.append(END)
+        yield CountedPiece.of(pending, series, samples, "ok")
 
     def series(self, request: SelectRequest, scope: Scope
                ) -> Iterator[tuple[dict[str, str], np.ndarray, np.ndarray]]:

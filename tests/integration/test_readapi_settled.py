@@ -14,15 +14,18 @@ from typing import Any
 
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry
 
 from statsfeeder.errors import SchemaMismatch
 from statsfeeder.model import Counter, EntityId, Series, VirtualMachine
+from statsfeeder.readapi.instrument import SelectCounter
 from statsfeeder.readapi.settled import SettledCache
 from statsfeeder.readapi.store import Matcher, Scope, SelectRequest, SeriesStore
 from statsfeeder.sinks.cassandra import schema
 from statsfeeder.sinks.cassandra.series_index import IndexWriter, entries
 from statsfeeder.sinks.cassandra.sink import CassandraSink
 from statsfeeder.sinks.cassandra.writer import CassandraWriter
+from statsfeeder.telemetry import ReadApiMetrics
 from tests.helpers import cassandra_config, drop_keyspace, open_new_keyspace
 
 CPU = Counter("cpu.usage.average", 2, "percent")
@@ -238,3 +241,20 @@ def test_a_keyspace_from_before_the_stamps_is_named_updated_and_then_stamped(
     finally:
         drop_keyspace(session, ks)
         opened.close()
+
+
+def test_a_selects_pieces_are_counted_as_parsing_them_counts(sink: CassandraSink) -> None:
+    """The store's pieces say what they hold; the counter trusts that instead of parsing."""
+    for max_series in (10_000, 2):
+        store = SeriesStore(sink.session, sink.config.keyspace, retention_seconds=14 * 86400,
+                            max_series=max_series, cache_seconds=0.0,
+                            settled=SettledCache(64 << 20, SETTLED))
+        pieces = list(store.select(SelectRequest((NOW - 30 * H) * 1000, NOW * 1000, ALL), None))
+        told, parsed = SelectCounter(ReadApiMetrics(CollectorRegistry())), \
+            SelectCounter(ReadApiMetrics(CollectorRegistry()))
+        for piece in pieces:
+            told.add(piece)
+            parsed.add(bytes(piece))
+        assert (told.series, told.samples, told.outcome, told.ended) == \
+            (parsed.series, parsed.samples, parsed.outcome, parsed.ended)
+        assert told.outcome == ("ok" if max_series > 2 else "limit") and told.samples > 0
