@@ -50,7 +50,16 @@ func BenchmarkCheck(b *testing.B) {
 }
 
 func BenchmarkOrgSum(b *testing.B) {
-	fleet, base := benchFleet(1000, 288)
+	benchmarkRange(b, 288, "sum(cpu)", time.Hour, 23*time.Hour, 5*time.Minute)
+}
+
+// The read bench's topk over the last hour: 1,000 series of 70 minutes (with the lookback).
+func BenchmarkTopkHour(b *testing.B) {
+	benchmarkRange(b, 14, "topk(10, cpu)", 10*time.Minute, time.Hour, time.Minute)
+}
+
+func benchmarkRange(b *testing.B, windows int, expr string, from, length, step time.Duration) {
+	fleet, base := benchFleet(1000, windows)
 	for _, s := range fleet {
 		if err := s.check(); err != nil {
 			b.Fatal(err)
@@ -61,11 +70,11 @@ func BenchmarkOrgSum(b *testing.B) {
 	queryable := storage.QueryableFunc(func(mint, maxt int64) (storage.Querier, error) {
 		return fleetQuerier{fleet}, nil
 	})
-	start := time.Unix(base+3600, 0)
+	start := time.Unix(base, 0).Add(from)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		query, err := engine.NewRangeQuery(context.Background(), queryable, nil, "sum(cpu)",
-			start, start.Add(23*time.Hour), 5*time.Minute)
+		query, err := engine.NewRangeQuery(context.Background(), queryable, nil, expr,
+			start, start.Add(length), step)
 		if err != nil {
 			b.Fatal(err)
 		}
