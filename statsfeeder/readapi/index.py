@@ -28,6 +28,8 @@ from statsfeeder.sources.vcenter.query import STORAGE_WINDOW
 
 CACHE_ROWS = 500_000
 """VM-days of index kept in memory at most (about 200 B each)."""
+HAVING_KEPT = 256
+"""(day, hours, metrics) answers kept at most under one generation of the write stamps."""
 FEW_VMS = 16
 """Up to this many VMs in question, their rows are read by key (one request each: 3.11
 refuses ``vm_id IN`` beside a collection) instead of the whole day."""
@@ -70,6 +72,8 @@ class IndexReader:
         self._cache: dict[int, tuple[float, list[Entry]]] = {}
         self._stamped: dict[int, tuple[Generation, list[Entry]]] = {}
         self._stamped_by_vm: dict[int, dict[str, Entry]] = {}
+        self._having: dict[tuple[int, frozenset[int], frozenset[str]], list[str]] = {}
+        self._having_generation: Generation | None = None
         self._lock = threading.Lock()
         self._read = session.prepare(
             f"SELECT vm_id, hours, series FROM {keyspace}.{TABLE} WHERE day = ? AND shard = ?")
@@ -88,6 +92,12 @@ class IndexReader:
             return Plan(days)
         plan = Plan([day for day in days if day < since])
         indexed = [day for day in days if day >= since and hours_of(day, first_s, last_s)]
+        if not cached and generation is not None and len(vms) > FEW_VMS:
+            for day, having in self._vms_having(indexed, first_s, last_s, metrics, generation):
+                for vm in having:
+                    if vm in vms:
+                        plan.reads.setdefault(vm, set()).add(day)
+            return plan
         for day, entries in self._entries(indexed, vms, cached, generation):
             wanted_hours = hours_of(day, first_s, last_s)
             for vm, hours, keys in entries:
@@ -99,6 +109,38 @@ class IndexReader:
                     if cached:  # a metadata answer's series come from here
                         plan.listed.setdefault(vm, set()).update(present)
         return plan
+
+    def _vms_having(self, days: list[int], first_s: int, last_s: int,
+                    metrics: Collection[str], generation: Generation
+                    ) -> list[tuple[int, list[str]]]:
+        """Per day, the VMs with a window of ``metrics`` in the range's hours, from whole
+        days kept under ``generation``: worked out once per day, hours and metrics while the
+        stamps stand still (a refreshed dashboard asks the same again)."""
+        wanted = frozenset(metrics)
+        found: list[tuple[int, list[str]]] = []
+        todo: dict[int, tuple[int, frozenset[int], frozenset[str]]] = {}
+        with self._lock:
+            if self._having_generation != generation:
+                self._having.clear()
+                self._having_generation = generation
+            for day in days:
+                key = (day, frozenset(hours_of(day, first_s, last_s)), wanted)
+                hit = self._having.get(key)
+                if hit is None:
+                    todo[day] = key
+                else:
+                    found.append((day, hit))
+        for day, entries in self._entries(list(todo), None, False, generation):
+            hours = todo[day][1]
+            having = [vm for vm, vm_hours, keys in entries if not hours.isdisjoint(vm_hours)
+                      and any(key[0] in wanted for key in keys)]
+            found.append((day, having))
+            with self._lock:
+                if self._having_generation == generation:
+                    if len(self._having) >= HAVING_KEPT:
+                        self._having.clear()
+                    self._having[todo[day]] = having
+        return found
 
     def present(self, since: int | None, days: Iterable[int], first_s: int, last_s: int
                 ) -> list[tuple[str, tuple[tuple[str, str], ...]]] | None:

@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from statsfeeder.errors import SchemaMismatch
 from statsfeeder.model import Counter, EntityId, Series, VirtualMachine
+from statsfeeder.readapi.index import FEW_VMS
 from statsfeeder.readapi.instrument import SelectCounter
 from statsfeeder.readapi.settled import SettledCache
 from statsfeeder.readapi.store import Matcher, Scope, SelectRequest, SeriesStore
@@ -258,3 +259,30 @@ def test_a_selects_pieces_are_counted_as_parsing_them_counts(sink: CassandraSink
         assert (told.series, told.samples, told.outcome, told.ended) == \
             (parsed.series, parsed.samples, parsed.outcome, parsed.ended)
         assert told.outcome == ("ok" if max_series > 2 else "limit") and told.samples > 0
+
+
+def test_a_fleets_index_days_are_kept_until_a_write_moves_the_stamps(
+        cassandra_env: dict[str, str]) -> None:
+    """More VMs than are read by key: the index days and which VMs have data in the hours
+    asked are kept under the stamps, and a VM new to them is found once a sink wrote it."""
+    config = cassandra_config(cassandra_env, keyspace=f"stamps_{uuid.uuid4().hex[:10]}")
+    opened = open_new_keyspace(config, (CPU,))
+    fleet = [vm(n, "acme") for n in range(FEW_VMS + 8)]
+    try:
+        asyncio.run(opened.save_entities(fleet))
+        asyncio.run(opened.write([samples(m, CPU, "", NOW - H, NOW) for m in fleet[:-1]]))
+        cached = store_of(opened, SettledCache(64 << 20, SETTLED))
+        start, end = NOW - 50 * 60, NOW
+        first = answer(cached, start, end, CPU_ONLY)
+        assert len(first) == len(fleet) - 1 and first == answer(cached, start, end, CPU_ONLY)
+        late = [samples(fleet[-1], CPU, "", NOW - 600, NOW)]
+        write_behind_the_stamps(opened, late)
+        assert len(answer(store_of(opened), start, end, CPU_ONLY)) == len(fleet)
+        assert answer(cached, start, end, CPU_ONLY) == first
+        asyncio.run(opened.write(late))
+        assert answer(cached, start, end, CPU_ONLY) == answer(store_of(opened), start, end,
+                                                               CPU_ONLY)
+        assert len(answer(cached, start, end, CPU_ONLY)) == len(fleet)
+    finally:
+        drop_keyspace(opened.session, config.keyspace)
+        opened.close()
