@@ -5,7 +5,8 @@ prometheus``, ~17 s, done once per machine when ``prometheus`` is not on PATH). 
 registers a ``prometheus`` service running as the ``prometheus`` user on :9090; where the
 install does start it, it is stopped right away: nothing here uses it.
 
-Our instance ``prometheus`` listens on 127.0.0.1:19090 and runs from ``CACHE/run/prometheus``
+Our instance ``prometheus`` listens on 127.0.0.1:19090 (plus ``STATSFEEDER_PEER_PORT_OFFSET``)
+and runs from ``CACHE/run/prometheus``
 (``prometheus.yml``, ``data/``, ``output.log``) with ``--web.enable-lifecycle``, ready on
 ``/-/ready`` in under a second. Its only scrape job is ``statsfeeder``; tests point it at their
 exporters with ``set_scrape_targets(["127.0.0.1:PORT"], interval="1s")``, which rewrites the
@@ -36,7 +37,9 @@ from peers import common
 
 NAME = "prometheus"
 HOST = "127.0.0.1"
-PORT = 19090
+PORT = 19090 + int(os.environ.get("STATSFEEDER_PEER_PORT_OFFSET", "0"))
+"""Plus the offset, as vcsim's and Cassandra's ports: a run with its own ``STATSFEEDER_CACHE``
+starts its Prometheus beside another run's instead of failing on a taken port."""
 URL = f"http://{HOST}:{PORT}"
 JOB = "statsfeeder"
 START_TIMEOUT = 60.0
@@ -131,7 +134,7 @@ def _alive() -> bool:
 
 
 def up(options: Any = None) -> dict[str, str]:
-    """Start (or reuse) our Prometheus on 127.0.0.1:19090; returns ``PROMETHEUS_URL``."""
+    """Start (or reuse) our Prometheus on 127.0.0.1:PORT; returns ``PROMETHEUS_URL``."""
     env = {"PROMETHEUS_URL": URL}
     binary, _ = ensure_installed()
     if common.pid_of(NAME) is not None:
