@@ -71,7 +71,6 @@ class IndexReader:
         self._cache_seconds = cache_seconds
         self._cache: dict[int, tuple[float, list[Entry]]] = {}
         self._stamped: dict[int, tuple[Generation, list[Entry]]] = {}
-        self._stamped_by_vm: dict[int, dict[str, Entry]] = {}
         self._having: dict[tuple[int, frozenset[int], frozenset[str]], list[str]] = {}
         self._having_generation: Generation | None = None
         self._lock = threading.Lock()
@@ -195,7 +194,7 @@ class IndexReader:
                     found.append((day, hit[1]))
                 elif not cached and generation is not None and stamped is not None \
                         and stamped[0] == generation:
-                    found.append((day, self._of(day, stamped[1], vms)))
+                    found.append((day, stamped[1]))
                 else:
                     missing.append(day)
         # A request per shard: in parallel, where one per day would page in turn.
@@ -217,16 +216,7 @@ class IndexReader:
                         self._stamped.clear()  # the stamps moved: what was kept may lack some
                     _make_room(self._stamped, len(entries))
                     self._stamped[day] = (generation, entries)
-                    self._stamped_by_vm[day] = {entry[0]: entry for entry in entries}
-                    self._stamped_by_vm = {d: self._stamped_by_vm[d] for d in self._stamped}
         return found
-
-    def _of(self, day: int, entries: list[Entry], vms: Collection[str] | None) -> list[Entry]:
-        """A kept day's entries of ``vms`` (looked up when they are fewer than its VMs)."""
-        if vms is None or len(vms) >= len(entries):
-            return entries
-        by_vm = self._stamped_by_vm.get(day, {})
-        return [by_vm[vm] for vm in vms if vm in by_vm]
 
 
 def _make_room(kept: dict[int, tuple[Any, list[Entry]]], adding: int) -> None:
