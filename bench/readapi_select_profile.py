@@ -43,7 +43,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--profile-select", type=int, default=0,
-                        help="which Select --profile profiles (0: org sum, 1: topk, 2: one VM)")
+                        help="which Select --profile profiles (0: org sum, 1: topk, 2: topk "
+                             "instant, 3: one VM)")
     parser.add_argument("--memory", action="store_true", help="tracemalloc peak per Select")
     parser.add_argument("--keep", action="store_true", help="keep the keyspace afterwards")
     parser.add_argument("--cache-mb", type=int, default=0,
@@ -72,6 +73,8 @@ def main() -> None:
             (Matcher("=", "org", vms[0].org), Matcher("=", "__name__", CPU))),
         "topk over 1 h, 1,000 VMs": SelectRequest(
             (p.end - 3600) * 1000 - look + 1, p.end * 1000, (Matcher("=", "__name__", CPU),)),
+        "topk(avg_over_time[1h]), instant, 1,000 VMs": SelectRequest(
+            (p.end - 3600) * 1000 + 1, p.end * 1000, (Matcher("=", "__name__", CPU),)),
         "one VM, 10 metrics, 24 h": SelectRequest(
             (p.end - 86400) * 1000 - look + 1, p.end * 1000, (Matcher("=", "vm", vms[0].urn),)),
     }

@@ -88,13 +88,17 @@ class EngineProcess:
 
     def __init__(self, binary: Path, *, storage_url: str, secret: str, lookback_seconds: int,
                  timeout_seconds: float, max_samples: int, max_series: int,
-                 rollup_min_step_seconds: int | None = None) -> None:
-        """``rollup_min_step_seconds``: None keeps every Select on the raw samples."""
+                 rollup_min_step_seconds: int | None = None,
+                 rollup_fresh_seconds: int = 0) -> None:
+        """``rollup_min_step_seconds``: None keeps every Select on the raw samples;
+        ``rollup_fresh_seconds``: the store's fresh hours (rollup_select.py), which a
+        selector reads raw when all its buckets fall in them."""
         self._argv = [str(binary), "-listen", "127.0.0.1:0", "-storage-url", storage_url,
                       "-lookback", f"{lookback_seconds}s", "-timeout", f"{timeout_seconds}s",
                       "-max-samples", str(max_samples), "-max-series", str(max_series)]
         if rollup_min_step_seconds is not None:
-            self._argv += ["-rollups", "-rollup-min-step", f"{rollup_min_step_seconds}s"]
+            self._argv += ["-rollups", "-rollup-min-step", f"{rollup_min_step_seconds}s",
+                           "-rollup-fresh", f"{rollup_fresh_seconds}s"]
         self._secret = secret
         self._process: asyncio.subprocess.Process | None = None
         self._drain: asyncio.Task[None] | None = None

@@ -132,7 +132,8 @@ class ReadApi:
             timeout_seconds=self.config.query_timeout_seconds,
             max_samples=self.config.max_samples, max_series=self.config.max_series,
             rollup_min_step_seconds=(self.config.rollups_min_step_hours * 3600
-                                     if self.connection.rollups is not None else None))
+                                     if self.connection.rollups is not None else None),
+            rollup_fresh_seconds=self.config.rollups_fresh_hours * 3600)
         await self._engine.start()
         self._client = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(
             total=self.config.query_timeout_seconds + 30))

@@ -47,6 +47,7 @@ func main() {
 	maxSeries := flag.Uint64("max-series", 0, "most series one query may load (0: no cap)")
 	rollups := flag.Bool("rollups", false, "answer whole-bucket range functions from roll-ups")
 	rollupMinStep := flag.Duration("rollup-min-step", time.Hour, "smallest step read from roll-ups")
+	rollupFresh := flag.Duration("rollup-fresh", 0, "buckets this new are folded from raw by the store")
 	flag.Parse()
 	secret := os.Getenv("STATSFEEDER_ENGINE_SECRET")
 	if secret == "" || *storageURL == "" {
@@ -67,8 +68,9 @@ func main() {
 	})
 	engine.SetQueryLimits(*maxSeries, 0, 0)
 	s := &server{engine: engine, parser: promParser, secret: secret, timeout: *timeout,
-		rollups: rollupPolicy{enabled: *rollups, minStep: *rollupMinStep},
-		store:   &remoteStore{url: *storageURL, secret: secret, client: &http.Client{}}}
+		rollups: rollupPolicy{enabled: *rollups, minStep: *rollupMinStep, fresh: *rollupFresh,
+			now: time.Now},
+		store: &remoteStore{url: *storageURL, secret: secret, client: &http.Client{}}}
 	listener, err := net.Listen("tcp", *listen)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "statsfeeder-engine: %v\n", err)

@@ -14,6 +14,7 @@ package main
 
 import (
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/prometheus/prometheus/model/labels"
@@ -25,6 +26,10 @@ const rollupLabel = "__sf_rollup__"
 type rollupPolicy struct {
 	enabled bool
 	minStep time.Duration
+	// fresh: buckets ending within it of now are folded from the raw samples by the store
+	// (rollup_select.py); a selector none of whose buckets is older reads raw directly.
+	fresh time.Duration
+	now   func() time.Time
 }
 
 var rollupFuncs = map[string]bool{
@@ -33,10 +38,16 @@ var rollupFuncs = map[string]bool{
 }
 
 // tierFor is the coarsest roll-up tier whose bucket tiles every window of a selector with
-// range rng evaluated at start, start+step, ... (step 0: an instant query), or "".
+// range rng evaluated at start, start+step, ... (step 0: an instant query), or "" (raw).
+// A tier whose first bucket (the first window's) is fresh is passed over: the store would
+// fold every bucket from the raw samples, slower than the engine reading them.
 func (p rollupPolicy) tierFor(rng time.Duration, start time.Time, step time.Duration) string {
 	if !p.enabled || (step != 0 && step < p.minStep) {
 		return ""
+	}
+	settled := int64(math.MaxInt64)
+	if p.now != nil {
+		settled = p.now().Add(-p.fresh).UnixMilli()
 	}
 	for _, tier := range []struct {
 		name   string
@@ -44,7 +55,9 @@ func (p rollupPolicy) tierFor(rng time.Duration, start time.Time, step time.Dura
 	}{{"daily", 24 * time.Hour}, {"hourly", time.Hour}} {
 		b := tier.bucket.Milliseconds()
 		if rng.Milliseconds()%b == 0 && step.Milliseconds()%b == 0 && start.UnixMilli()%b == 0 {
-			return tier.name
+			if firstEnd := start.UnixMilli() - rng.Milliseconds() + b; firstEnd <= settled/b*b {
+				return tier.name
+			}
 		}
 	}
 	return ""
