@@ -55,7 +55,7 @@ class _Groups:
     blobs: list[bytes]
 
 
-def _grouped(rows: list[tuple[Any, ...]], metric: str | None) -> _Groups:
+def grouped(rows: list[tuple[Any, ...]], metric: str | None) -> _Groups:
     compared: tuple[tuple[Any, ...], ...]
     if metric is None:
         vms, metrics, instances, starts_ms, blobs = zip(*rows, strict=True)
@@ -114,26 +114,6 @@ SeriesKey = tuple[str, str, str]
 """(VM, metric, instance)"""
 
 
-def hourly(rows: list[tuple[Any, ...]], metric: str | None = None
-           ) -> dict[SeriesKey, dict[int, Windows]]:
-    """Rows (as ``decoded``) as each series' windows by the hour they start in (s)."""
-    if not rows:
-        return {}
-    groups = _grouped(rows, metric)
-    bounds = np.append(groups.firsts, len(groups.blobs)).tolist()
-    found: dict[SeriesKey, dict[int, Windows]] = {}
-    for number in range(len(groups.firsts)):
-        low, high = bounds[number], bounds[number + 1]
-        starts = groups.starts[low:high].copy()
-        hours = starts // 3600 * 3600
-        edges = np.flatnonzero(np.diff(hours)) + 1
-        cuts = [0, *edges.tolist(), len(starts)]
-        blobs = groups.blobs[low:high]
-        found[groups.keys[groups.series_ids[low]]] = {
-            int(hours[a]): (starts[a:b], tuple(blobs[a:b])) for a, b in itertools.pairwise(cuts)}
-    return found
-
-
 def _merged(settled: Mapping[SeriesKey, list[Windows]], fresh: _Groups | None,
             first_window_s: int, last_window_s: int) -> _Groups:
     """Each series' settled windows (kept or just read whole hours) followed by its fresh
@@ -173,10 +153,10 @@ def _groups(rows: list[tuple[Any, ...]], metric: str | None,
             ) -> _Groups | None:
     if settled:
         # A window holds the STORAGE_WINDOW seconds after its start.
-        groups = _merged(settled, _grouped(rows, metric) if rows else None,
+        groups = _merged(settled, grouped(rows, metric) if rows else None,
                          first_s - STORAGE_WINDOW, last_s)
         return groups if groups.blobs else None
-    return _grouped(rows, metric) if rows else None
+    return grouped(rows, metric) if rows else None
 
 
 def packed(rows: list[tuple[Any, ...]], first_s: int, last_s: int, metric: str | None = None,

@@ -12,6 +12,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from statsfeeder.readapi.batch import POINTS_PACKED, CountedPiece
+from statsfeeder.readapi.pieces import POINTS_SEGMENTS
 from statsfeeder.readapi.store import END, ERROR, FAILURE, MAGIC
 from statsfeeder.telemetry import ReadApiMetrics
 
@@ -100,6 +101,7 @@ class SelectCounter:
 
 _END = struct.unpack("<I", END)[0]
 _PACKED = struct.Struct("<dqqIII")
+_SEGMENTS = struct.Struct("<dqqII")
 
 
 def _series(piece: bytes, offset: int, labels: int) -> tuple[int, int]:
@@ -115,4 +117,11 @@ def _series(piece: bytes, offset: int, labels: int) -> tuple[int, int]:
     if count == POINTS_PACKED:
         _, _, _, samples, windows, size = _PACKED.unpack_from(piece, offset)
         return offset + _PACKED.size + 12 * windows + size, int(samples)
+    if count == POINTS_SEGMENTS:
+        _, _, _, samples, segments = _SEGMENTS.unpack_from(piece, offset)
+        offset += _SEGMENTS.size
+        for _ in range(segments):
+            windows, size = struct.unpack_from("<II", piece, offset)
+            offset += 8 + 12 * windows + size
+        return offset, int(samples)
     return offset + 16 * count, int(count)

@@ -26,8 +26,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from statsfeeder.readapi import batch as batch_rows
 from statsfeeder.readapi.batch import SeriesKey, Windows
+from statsfeeder.readapi.pieces import HourPiece, hour_pieces
 from statsfeeder.sinks.cassandra.write_stamps import Generation
 
 if TYPE_CHECKING:
@@ -37,13 +37,13 @@ if TYPE_CHECKING:
 HOUR_MS = 3_600_000
 DAY_MS = 86_400_000
 ENTRY_BYTES = 850
-WINDOW_BYTES = 60
-"""Python's cost of an entry and of a kept window beside its blob, as tracemalloc measured
-them (bench: 22,000 entries of 12 windows; key, tuples, array and bytes headers)."""
+PIECE_BYTES = 300
+"""Python's cost of an entry (key, tuples, LRU slot) and of an hour piece beside its bytes
+and its 4 bytes a window (object, bytes and array headers), as tracemalloc measured them."""
 
 Key = tuple[str, str, int]
 """(VM, metric, hour start in ms)"""
-Entry = tuple[tuple[str, Windows], ...]
+Entry = tuple[tuple[str, HourPiece], ...]
 """One VM's windows of one metric in one hour, per instance."""
 Settled = dict[SeriesKey, list[Windows]]
 """A batch's settled windows per series, in time order."""
@@ -88,6 +88,7 @@ class SettledCache:
         self._counted = counted
         self._lock = threading.Lock()
         self._entries: OrderedDict[Key, tuple[float, int, Entry]] = OrderedDict()
+        """(VM, metric, hour) -> (kept until, bytes, entry), least recently used first."""
         self._unsettled: set[Key] = set()
         self._generation: Generation | None = None
         self.bytes = 0
@@ -152,17 +153,16 @@ class SettledCache:
                 ) -> list[tuple[str, int, Entry]] | None:
         """Every (metric, hour) of ``vm`` kept and young enough, or None."""
         found = []
+        get = self._entries.get
         for metric in metrics:
             for hour in hours:
-                key = (vm, metric, hour)
-                entry = self._entries.get(key)
-                if entry is None or now - entry[0] > (
-                        self.unsettled_seconds if key in self._unsettled
-                        else self.max_age_seconds):
+                value = get((vm, metric, hour))
+                if value is None or value[0] < now:
                     return None
-                found.append((metric, hour, entry[2]))
+                found.append((metric, hour, value[2]))
+        touch = self._entries.move_to_end
         for metric, hour, _ in found:
-            self._entries.move_to_end((vm, metric, hour))
+            touch((vm, metric, hour))
         return found
 
     def collect(self, read: DayRead, filled: Sequence[list[tuple[Any, ...]]],
@@ -170,24 +170,37 @@ class SettledCache:
         """Adds the request's windows, kept or just read (``filled``: the rows of each of
         ``read.fills``, kept from now on), to each series' in ``into``, in time order: whole
         hours, which the batch (``batch._merged``) clips to the Select's range."""
+        for vm, entries in self._found(read, filled).items():
+            for metric, _, entry in entries:
+                for instance, piece in entry:
+                    into.setdefault((vm, metric, instance), []).append(piece.as_windows())
+
+    def collect_pieces(self, read: DayRead, filled: Sequence[list[tuple[Any, ...]]],
+                       into: dict[str, dict[tuple[str, str], list[HourPiece]]]) -> None:
+        """As ``collect``, the hour pieces themselves, per VM and (metric, instance)."""
+        for vm, entries in self._found(read, filled).items():
+            mine = into.setdefault(vm, {})
+            for metric, _, entry in entries:
+                for instance, piece in entry:
+                    mine.setdefault((metric, instance), []).append(piece)
+
+    def _found(self, read: DayRead, filled: Sequence[list[tuple[Any, ...]]]
+               ) -> dict[str, list[tuple[str, int, Entry]]]:
         found: dict[str, list[tuple[str, int, Entry]]] = dict(read.kept)
         for (ids, span), rows in zip(read.fills, filled, strict=True):
             for vm, entries in self._keep(read, ids, span, rows):
                 found[vm] = sorted(found.get(vm, []) + entries, key=_hour) if vm in found \
                     else entries
-        for vm, entries in found.items():
-            for metric, _, entry in entries:
-                for instance, windows in entry:
-                    into.setdefault((vm, metric, instance), []).append(windows)
+        return found
 
     def _keep(self, read: DayRead, ids: list[str], span: tuple[int, int],
               rows: list[tuple[Any, ...]]) -> list[tuple[str, list[tuple[str, int, Entry]]]]:
-        per_hour: dict[Key, list[tuple[str, Windows]]] = {}
-        for (vm, metric, instance), hours in batch_rows.hourly(
+        per_hour: dict[Key, list[tuple[str, HourPiece]]] = {}
+        for (vm, metric, instance), hours in hour_pieces(
                 rows, read.metrics[0] if read.one else None).items():
-            for hour_s, windows in hours.items():
+            for hour_s, piece in hours.items():
                 per_hour.setdefault((vm, metric, hour_s * 1000), []).append(
-                    (sys.intern(instance or ""), windows))
+                    (sys.intern(instance or ""), piece))
         now = self._clock()
         found = []
         with self._lock:
@@ -203,12 +216,14 @@ class SettledCache:
                         unsettled = hour >= read.settled_ms
                         if unsettled and not current:
                             continue
-                        size = ENTRY_BYTES + sum(
-                            len(b) + WINDOW_BYTES for _, (_, blobs) in entry for b in blobs)
+                        size = ENTRY_BYTES + sum(PIECE_BYTES + len(piece.segment)
+                                                 + 4 * piece.windows for _, piece in entry)
                         old = self._entries.pop(key, None)
                         if old is not None:
                             self.bytes -= old[1]
-                        self._entries[key] = (now, size, entry)
+                        # Kept until: unsettled hours age out sooner.
+                        self._entries[key] = (now + (self.unsettled_seconds if unsettled
+                                                     else self.max_age_seconds), size, entry)
                         self.bytes += size
                         if unsettled:
                             self._unsettled.add(key)

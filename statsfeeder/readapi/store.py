@@ -44,6 +44,7 @@ from statsfeeder.readapi.names import (
     catalog,
     series_labels,
 )
+from statsfeeder.readapi.pieces import HourPiece, encode_pieces, overlapping, samples_in_range
 from statsfeeder.readapi.settled import NO_CACHE, DayRead, Settled, SettledCache
 from statsfeeder.sinks.cassandra.write_stamps import StampReader
 from statsfeeder.sources.vcenter.query import STORAGE_WINDOW
@@ -211,7 +212,11 @@ class SeriesStore:
         size = series = samples = 0
         try:
             for labels, scale, stored in self._selected(request, scope, packed=True):
-                if isinstance(stored, Packed):
+                if isinstance(stored, Pieces):
+                    assert isinstance(labels, bytes)
+                    piece = encode_pieces(labels, stored.pieces, scale, stored.first_s,
+                                          stored.last_s, stored.samples)
+                elif isinstance(stored, Packed):
                     assert isinstance(labels, bytes)
                     piece = encode_packed(labels, stored, scale)
                 else:
@@ -236,11 +241,12 @@ class SeriesStore:
                ) -> Iterator[tuple[dict[str, str], np.ndarray, np.ndarray]]:
         """The selected series decoded: labels, timestamps (s), values."""
         for labels, _, stored in self._selected(request, scope, packed=False):
-            assert not isinstance(stored, Packed) and isinstance(labels, dict)
+            assert not isinstance(stored, (Packed, Pieces)) and isinstance(labels, dict)
             yield labels, *stored
 
     def _selected(self, request: SelectRequest, scope: Scope, packed: bool
-                  ) -> Iterator[tuple[dict[str, str] | bytes, float, Packed | tuple[Any, Any]]]:
+                  ) -> Iterator[tuple[dict[str, str] | bytes, float,
+                                      Packed | Pieces | tuple[Any, Any]]]:
         """Labels, scale and samples of each selected series: encoded labels and packed
         windows (``packed``, the samples of a Select), or labels and timestamps and scaled
         values (metadata answers: none)."""
@@ -302,6 +308,18 @@ class SeriesStore:
         results = results_in_order(self._session, self._read_one if one else self._read,
                                    params, self._concurrency, self._tuples)
         for batch, batch_reads in zip(batches, day_reads, strict=True):
+            if packed and not request.series_only and all(
+                    read.fresh is None for read in batch_reads):
+                # Answered from kept (or just kept) hours: their pieces as they are.
+                pieces: dict[str, dict[tuple[str, str], list[HourPiece]]] = {}
+                for read in batch_reads:
+                    cache.collect_pieces(read, [next(results) for _ in read.fills], pieces)
+                for series_bytes, series_scale, series_pieces in self._pieces(
+                        batch, pieces, by_metric, series_checks, first_s, last_s, encoded):
+                    count += 1
+                    _within_limit(count, self.max_series)
+                    yield series_bytes, series_scale, series_pieces
+                continue
             rows: list[tuple[Any, ...]] = []
             settled: Settled = {}
             for read in batch_reads:
@@ -326,9 +344,7 @@ class SeriesStore:
                         if not all(check(full.get(name, "")) for name, check in series_checks):
                             continue
                     count += 1
-                    if count > self.max_series:
-                        raise SeriesLimit(f"query selects more than {self.max_series} series "
-                                          "(read_api.max_series); narrow the selector")
+                    _within_limit(count, self.max_series)
                     if request.series_only:
                         yield full, info.scale, (_EMPTY, np.empty(0))
                     elif isinstance(stored, Packed):
@@ -343,10 +359,61 @@ class SeriesStore:
                         yield full, info.scale, (stamps, raw.astype(np.float64) * info.scale)
 
 
-def _samples(stored: Packed | tuple[np.ndarray, np.ndarray] | None) -> int:
+    @staticmethod
+    def _pieces(batch: list[tuple[Entity, dict[str, str]]],
+                found: dict[str, dict[tuple[str, str], list[HourPiece]]],
+                by_metric: Mapping[str, StoredMetric],
+                series_checks: list[tuple[str, Callable[[str], bool]]], first_s: int,
+                last_s: int, encoded: dict[str, bytes]
+                ) -> Iterator[tuple[bytes, float, Pieces]]:
+        """A batch's series from hour pieces, with samples in [first_s, last_s]."""
+        chosen: list[tuple[Entity, dict[str, str], tuple[str, str], list[HourPiece]]] = []
+        for entity, labels in batch:
+            mine = found.get(entity.vm)
+            if not mine:
+                continue
+            for key in sorted(mine):
+                kept = overlapping(mine[key], first_s, last_s)
+                if not kept:
+                    continue
+                if series_checks:
+                    full = series_labels(by_metric[key[0]].name, labels, key[1])
+                    if not all(check(full.get(name, "")) for name, check in series_checks):
+                        continue
+                chosen.append((entity, labels, key, kept))
+        counts = samples_in_range([kept for *_, kept in chosen], first_s, last_s)
+        for (entity, labels, (metric, instance), kept), samples in zip(chosen, counts,
+                                                                       strict=True):
+            if not samples:
+                continue
+            part = encoded.get(entity.vm)
+            if part is None:
+                part = encoded[entity.vm] = encode_entity(labels)
+            info = by_metric[metric]
+            yield (encode_labels(info.name, part, len(labels), instance), info.scale,
+                   Pieces(kept, samples, first_s, last_s))
+
+
+@dataclass(frozen=True)
+class Pieces:
+    """A series' hour pieces overlapping a Select's range [first_s, last_s] (s), and its
+    samples in it."""
+    pieces: list[HourPiece]
+    samples: int
+    first_s: int
+    last_s: int
+
+
+def _within_limit(count: int, limit: int) -> None:
+    if count > limit:
+        raise SeriesLimit(f"query selects more than {limit} series (read_api.max_series); "
+                          "narrow the selector")
+
+
+def _samples(stored: Packed | Pieces | tuple[np.ndarray, np.ndarray] | None) -> int:
     if stored is None:
         return 0
-    return stored.samples if isinstance(stored, Packed) else len(stored[0])
+    return stored.samples if isinstance(stored, (Packed, Pieces)) else len(stored[0])
 
 
 def entities_in(entities: Iterable[tuple[Entity, dict[str, str]]], scope: Scope,
@@ -355,6 +422,10 @@ def entities_in(entities: Iterable[tuple[Entity, dict[str, str]]], scope: Scope,
     """The VMs (with their labels) in ``scope`` that pass the entity label ``checks``: the
     one place a tenant's scope is applied to what is read."""
     checks = list(checks)
+    if not checks:  # most label answers and Selects: no per-VM generator
+        if scope is None:
+            return list(entities)
+        return [(e, labels) for e, labels in entities if e.org and e.org in scope]
     return [(e, labels) for e, labels in entities
             if (scope is None or (e.org and e.org in scope))
             and all(check(labels.get(name, "")) for name, check in checks)]

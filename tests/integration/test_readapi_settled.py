@@ -27,6 +27,7 @@ from statsfeeder.sinks.cassandra.series_index import IndexWriter, entries
 from statsfeeder.sinks.cassandra.sink import CassandraSink
 from statsfeeder.sinks.cassandra.writer import CassandraWriter
 from statsfeeder.telemetry import ReadApiMetrics
+from tests.frames import Read, claims_match, read_frame
 from tests.helpers import cassandra_config, drop_keyspace, open_new_keyspace
 
 CPU = Counter("cpu.usage.average", 2, "percent")
@@ -84,12 +85,18 @@ def answer(store: SeriesStore, start: int, end: int, matchers: tuple[Matcher, ..
 MIDNIGHT = NOW // 86400 * 86400
 RANGES = [(NOW - 30 * H + 7, NOW), (NOW - 26 * H - 1234, NOW - 20 * H + 17),
           (MIDNIGHT - 2 * H - 300, MIDNIGHT + H + 40), (NOW - 3 * H, NOW - H),
-          (NOW - 10 * H + 1, NOW - 10 * H + 600), (NOW - H, NOW)]
+          (NOW - 10 * H + 1, NOW - 10 * H + 600), (NOW - H, NOW),
+          # starting in an hour's last window, and ending in a window's first seconds
+          (NOW // H * H - 5 * H - 150, NOW // H * H - 2 * H + 10)]
 
 
-def frame(store: SeriesStore, start: int, end: int, matchers: tuple[Matcher, ...]) -> bytes:
-    """What the engine gets: the series' stored windows, packed."""
-    return b"".join(store.select(SelectRequest(start * 1000, end * 1000, matchers), None))
+def frame(store: SeriesStore, start: int, end: int, matchers: tuple[Matcher, ...]) -> Read:
+    """What the engine reads: each series' samples in range (sent packed or as hour
+    pieces), and that its header counts them all."""
+    found = read_frame(b"".join(store.select(SelectRequest(start * 1000, end * 1000, matchers),
+                                             None)))
+    assert claims_match(found) == {}
+    return found
 
 
 def test_answers_equal_those_without_the_cache_cold_and_warm(sink: CassandraSink) -> None:

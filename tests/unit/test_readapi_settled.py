@@ -11,7 +11,7 @@ from statsfeeder.readapi.settled import (
     DAY_MS,
     ENTRY_BYTES,
     HOUR_MS,
-    WINDOW_BYTES,
+    PIECE_BYTES,
     DayRead,
     SettledCache,
 )
@@ -101,7 +101,8 @@ def keep(cache: SettledCache, vm: str, hour: int, rows: list) -> None:
 
 
 def test_least_recently_used_go_first_beyond_the_bound() -> None:
-    one = ENTRY_BYTES + WINDOW_BYTES + 20  # an entry of one 20-byte window
+    # An entry of one 20-byte window: its piece holds 8+8+4 bytes of header, start and length.
+    one = ENTRY_BYTES + PIECE_BYTES + 8 + 8 + 4 + 20 + 4
     cache = SettledCache(2 * one + one // 2, 90 * 60, clock=Clock(NOON))
     hour = (NOON - 5 * 3600) * 1000
     for vm in ("a", "b", "c"):

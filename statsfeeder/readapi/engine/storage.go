@@ -30,8 +30,10 @@ const (
 	markerEnd     = 0xFFFFFFFF
 	markerError   = 0xFFFFFFFE
 	markerFailure = 0xFFFFFFFD
-	// In a series' point count: the series' stored windows follow (packed.go).
-	pointsPacked = 0xFFFFFFFF
+	// In a series' point count: the series' stored windows follow (packed.go), in one
+	// block or as hour pieces (segments).
+	pointsPacked   = 0xFFFFFFFF
+	pointsSegments = 0xFFFFFFFC
 )
 
 type selectRequest struct {
@@ -185,7 +187,8 @@ func (s *remoteStore) fetch(ctx context.Context, request selectRequest) ([]stora
 
 // decodeFrame reads "SFS1", then per series: u32 label count, per label u16-length-prefixed
 // name and u32-length-prefixed value, u32 point count, the int64 timestamps (ms), the float64
-// values; or, for a point count of pointsPacked, the stored windows (readPacked). A u32
+// values; or, for a point count of pointsPacked or pointsSegments, the stored windows
+// (readPacked, readSegments). A u32
 // markerEnd closes the frame; markerError (a limit) or markerFailure (the store failed
 // midway) + a u32-prefixed message aborts it. All little-endian. The frame is read as it
 // arrives: the store sends each series once it is read.
@@ -233,8 +236,12 @@ func decodeFrame(r *bufio.Reader) ([]storage.Series, error) {
 		if err != nil {
 			return nil, err
 		}
-		if points == pointsPacked {
-			series, err := readPacked(r, builder.Labels())
+		if points == pointsPacked || points == pointsSegments {
+			read := readPacked
+			if points == pointsSegments {
+				read = readSegments
+			}
+			series, err := read(r, builder.Labels())
 			if err != nil {
 				return nil, err
 			}
@@ -289,6 +296,61 @@ func readPacked(r *bufio.Reader, lset labels.Labels) (*packedSeries, error) {
 	series.data = make([]byte, size)
 	if _, err := io.ReadFull(r, series.data); err != nil {
 		return nil, fmt.Errorf("storage: truncated frame: %w", err)
+	}
+	if err := series.check(); err != nil {
+		return nil, err
+	}
+	return series, nil
+}
+
+// readSegments reads a series sent as hour pieces after its marker: f64 scale, i64 first
+// and last timestamp kept (ms), u32 samples in that range, u32 segments; per segment u32
+// windows, u32 data bytes, the windows' i64 starts (s), their u32 lengths, their blobs.
+// Windows that cannot hold a sample in range (the pieces are whole hours) are dropped.
+func readSegments(r *bufio.Reader, lset labels.Labels) (*packedSeries, error) {
+	var head [32]byte
+	if _, err := io.ReadFull(r, head[:]); err != nil {
+		return nil, fmt.Errorf("storage: truncated frame: %w", err)
+	}
+	series := &packedSeries{lset: lset,
+		scale: math.Float64frombits(binary.LittleEndian.Uint64(head[0:])),
+		mint:  int64(binary.LittleEndian.Uint64(head[8:])),
+		maxt:  int64(binary.LittleEndian.Uint64(head[16:]))}
+	first, last := series.mint/1000-windowSeconds, series.maxt/1000
+	segments := int(binary.LittleEndian.Uint32(head[28:]))
+	var total uint64
+	for n := 0; n < segments; n++ {
+		var sizes [8]byte
+		if _, err := io.ReadFull(r, sizes[:]); err != nil {
+			return nil, fmt.Errorf("storage: truncated frame: %w", err)
+		}
+		windows := int(binary.LittleEndian.Uint32(sizes[0:]))
+		size := int(binary.LittleEndian.Uint32(sizes[4:]))
+		if total += uint64(windows)*12 + uint64(size); total > 1<<34 {
+			return nil, errors.New("storage: bad frame")
+		}
+		raw := make([]byte, 12*windows+size)
+		if _, err := io.ReadFull(r, raw); err != nil {
+			return nil, fmt.Errorf("storage: truncated frame: %w", err)
+		}
+		blobs := raw[12*windows:]
+		offset := uint32(0)
+		for i := 0; i < windows; i++ {
+			start := int64(binary.LittleEndian.Uint64(raw[8*i:]))
+			length := binary.LittleEndian.Uint32(raw[8*windows+4*i:])
+			if uint64(offset)+uint64(length) > uint64(size) {
+				return nil, errors.New("storage: bad frame")
+			}
+			if start >= first && start <= last {
+				series.starts = append(series.starts, start)
+				series.data = append(series.data, blobs[offset:offset+length]...)
+				series.ends = append(series.ends, uint32(len(series.data)))
+			}
+			offset += length
+		}
+		if int(offset) != size {
+			return nil, errors.New("storage: bad frame")
+		}
 	}
 	if err := series.check(); err != nil {
 		return nil, err

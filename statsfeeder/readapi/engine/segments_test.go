@@ -1,0 +1,98 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"math"
+	"testing"
+
+	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/tsdb/chunkenc"
+)
+
+// segment encodes one hour piece as statsfeeder/readapi/pieces.py does.
+func segment(starts []int64, blobs [][]byte) []byte {
+	out := binary.LittleEndian.AppendUint32(nil, uint32(len(starts)))
+	size := 0
+	for _, b := range blobs {
+		size += len(b)
+	}
+	out = binary.LittleEndian.AppendUint32(out, uint32(size))
+	for _, s := range starts {
+		out = binary.LittleEndian.AppendUint64(out, uint64(s))
+	}
+	for _, b := range blobs {
+		out = binary.LittleEndian.AppendUint32(out, uint32(len(b)))
+	}
+	for _, b := range blobs {
+		out = append(out, b...)
+	}
+	return out
+}
+
+func segmentsHead(mint, maxt int64, segments int) []byte {
+	out := binary.LittleEndian.AppendUint64(nil, math.Float64bits(0.5))
+	out = binary.LittleEndian.AppendUint64(out, uint64(mint))
+	out = binary.LittleEndian.AppendUint64(out, uint64(maxt))
+	out = binary.LittleEndian.AppendUint32(out, 0)
+	return binary.LittleEndian.AppendUint32(out, uint32(segments))
+}
+
+func TestSegmentsKeepOnlyTheWindowsThatMayHoldSamplesInRange(t *testing.T) {
+	base := int64(1795334400)
+	var hours [2][]byte
+	for h := range hours {
+		var starts []int64
+		var blobs [][]byte
+		for w := int64(0); w < 12; w++ {
+			start := base + int64(h)*3600 + 300*w
+			stamps := []int64{start + 20, start + 300}
+			starts = append(starts, start)
+			blobs = append(blobs, encodeWindow(start, stamps, []int64{w, w + 1}))
+		}
+		hours[h] = segment(starts, blobs)
+	}
+	// [base+3000, base+3900]: windows starting 2700 to 3900 may hold samples in range.
+	mint, maxt := (base+3000)*1000, (base+3900)*1000
+	frame := append(segmentsHead(mint, maxt, 2), append(hours[0], hours[1]...)...)
+	series, err := readSegments(bufio.NewReader(bytes.NewReader(frame)), labels.EmptyLabels())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []int64{base + 2700, base + 3000, base + 3300, base + 3600, base + 3900}
+	if len(series.starts) != len(want) {
+		t.Fatalf("kept windows %v, want %v", series.starts, want)
+	}
+	for i := range want {
+		if series.starts[i] != want[i] {
+			t.Fatalf("kept windows %v, want %v", series.starts, want)
+		}
+	}
+	var got []int64
+	it := series.Iterator(nil)
+	for it.Next() == chunkenc.ValFloat {
+		at, _ := it.At()
+		got = append(got, at/1000-base)
+	}
+	wantStamps := []int64{3000, 3020, 3300, 3320, 3600, 3620, 3900}
+	if len(got) != len(wantStamps) {
+		t.Fatalf("samples at %v, want %v", got, wantStamps)
+	}
+	for i := range got {
+		if got[i] != wantStamps[i] {
+			t.Fatalf("samples at %v, want %v", got, wantStamps)
+		}
+	}
+}
+
+func TestASegmentWhoseLengthsDisagreeIsABadFrame(t *testing.T) {
+	start := int64(1795334400)
+	piece := segment([]int64{start}, [][]byte{encodeWindow(start, []int64{start + 20}, []int64{1})})
+	binary.LittleEndian.PutUint32(piece[4:], 99) // data bytes no longer the blobs' sum
+	frame := append(segmentsHead(0, math.MaxInt64, 1), piece...)
+	frame = append(frame, make([]byte, 99)...)
+	if _, err := readSegments(bufio.NewReader(bytes.NewReader(frame)), labels.EmptyLabels()); err == nil {
+		t.Fatal("a segment whose lengths do not add up was read")
+	}
+}

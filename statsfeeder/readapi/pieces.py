@@ -1,0 +1,178 @@
+"""Hour pieces: one series' stored windows of one hour, kept (``settled.py``) in the form the
+engine's frame carries them (``engine/storage.go``, readSegments), so a Select answered from
+memory joins each series' pieces instead of regrouping, clipping and re-encoding its windows.
+The engine drops the windows outside the Select's range; the samples in range are counted
+here from each window's header (the 20-s grid's slot bitmap), for the Select's metrics and to
+leave out series with none, one numpy pass per batch of series.
+"""
+
+from __future__ import annotations
+
+import itertools
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from statsfeeder.readapi.batch import SeriesKey, Windows, grouped
+from statsfeeder.readapi.decode import bitmap_slots
+from statsfeeder.sinks.cassandra.encoder import VERSION_FLAGS_ON_GRID, BlobError, decode_window
+from statsfeeder.sources.vcenter.query import STORAGE_WINDOW
+
+POINTS_SEGMENTS = 0xFFFFFFFC
+"""In a series' point count: its windows follow as hour pieces (the engine's pointsSegments)."""
+_HEAD = struct.Struct("<II")
+_SERIES = struct.Struct("<IdqqII")
+
+
+@dataclass(frozen=True, slots=True)
+class HourPiece:
+    """``segment``: u32 windows, u32 data bytes, the windows' i64 starts (s), their u32
+    lengths, the blobs. ``grid``: per window its slot bitmap, or -(samples + 1) for a window
+    off the 20-s grid. ``first``/``last``: the first and last window's start (s)."""
+
+    segment: bytes
+    grid: np.ndarray
+    samples: int
+    first: int
+    last: int
+
+    @property
+    def windows(self) -> int:
+        return len(self.grid)
+
+    @property
+    def starts(self) -> np.ndarray:
+        return np.frombuffer(self.segment, dtype="<i8", count=len(self.grid), offset=_HEAD.size)
+
+    def blobs(self) -> tuple[bytes, ...]:
+        count = len(self.grid)
+        lengths = np.frombuffer(self.segment, dtype="<u4", count=count,
+                                offset=_HEAD.size + 8 * count).astype(np.int64)
+        ends = np.cumsum(lengths) + _HEAD.size + 12 * count
+        return tuple(self.segment[a:b] for a, b in zip((ends - lengths).tolist(), ends.tolist(),
+                                                       strict=True))
+
+    def as_windows(self) -> Windows:
+        """The piece as the batch's (starts, blobs), for the decoding paths."""
+        return self.starts.astype(np.int64), self.blobs()
+
+
+def hour_pieces(rows: list[tuple[Any, ...]], metric: str | None = None
+                ) -> dict[SeriesKey, dict[int, HourPiece]]:
+    """Rows (vm_id, [metric,] instance, start_ms, data) as each series' pieces by the hour
+    (s) their windows start in; a malformed window header raises BlobError."""
+    if not rows:
+        return {}
+    groups = grouped(rows, metric)
+    blobs = groups.blobs
+    lengths = np.fromiter(map(len, blobs), dtype=np.int64, count=len(blobs))
+    if (lengths < 1).any():
+        raise BlobError("empty sample blob")
+    joined = b"".join(blobs)
+    data = np.frombuffer(joined, dtype=np.uint8)
+    offsets = np.concatenate(([0], np.cumsum(lengths)))
+    heads = offsets[:-1]
+    on_grid = data[heads] & VERSION_FLAGS_ON_GRID != 0
+    if (lengths[on_grid] < 3).any():
+        raise BlobError("sample blob is truncated")
+    grid = np.zeros(len(blobs), dtype=np.int64)
+    at = heads[on_grid]
+    grid[on_grid] = data[at + 1].astype(np.int64) | data[at + 2].astype(np.int64) << 8
+    counts = np.bitwise_count(np.where(on_grid, grid, 0)).astype(np.int64)
+    for window in np.flatnonzero(~on_grid).tolist():  # rare: a real vCenter's are on grid
+        samples = _varint(blobs[window], 1)
+        grid[window], counts[window] = -(samples + 1), samples
+    starts = groups.starts
+    hours = starts // 3600 * 3600
+    # A piece: a run of one series' windows in one hour (windows are grouped by series).
+    cut = np.flatnonzero((np.diff(hours) != 0) | (np.diff(groups.series_ids) != 0)) + 1
+    edges = [0, *cut.tolist(), len(blobs)]
+    totals = np.add.reduceat(counts, edges[:-1]).tolist()
+    byte_edges = offsets[edges].tolist()
+    first_starts, hour_of = starts[edges[:-1]].tolist(), hours[edges[:-1]].tolist()
+    last_starts = starts[np.array(edges[1:]) - 1].tolist()
+    found: dict[SeriesKey, dict[int, HourPiece]] = {}
+    for number, (a, b) in enumerate(itertools.pairwise(edges)):
+        segment = b"".join((_HEAD.pack(b - a, byte_edges[number + 1] - byte_edges[number]),
+                            starts[a:b].astype("<i8").tobytes(),
+                            lengths[a:b].astype("<u4").tobytes(),
+                            joined[byte_edges[number]:byte_edges[number + 1]]))
+        key = groups.keys[groups.series_ids[a]]
+        found.setdefault(key, {})[hour_of[number]] = HourPiece(
+            segment, grid[a:b].astype(np.int32), totals[number], first_starts[number],
+            last_starts[number])
+    return found
+
+
+def _varint(blob: bytes, position: int) -> int:
+    result = shift = 0
+    while position < len(blob):
+        byte = blob[position]
+        position += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result
+        shift += 7
+    raise BlobError("sample blob is truncated")
+
+
+def overlapping(pieces: Sequence[HourPiece], first_s: int, last_s: int) -> list[HourPiece]:
+    """The pieces with a window whose samples, stamped in (start, start + STORAGE_WINDOW],
+    may fall in [first_s, last_s]."""
+    return [p for p in pieces
+            if p.samples and p.last + STORAGE_WINDOW >= first_s and p.first < last_s]
+
+
+def samples_in_range(series: Sequence[Sequence[HourPiece]], first_s: int, last_s: int
+                     ) -> list[int]:
+    """Per series (its overlapping pieces), its samples stamped in [first_s, last_s]: whole
+    pieces from their totals, the pieces at the range's ends window by window."""
+    totals = []
+    edge: list[HourPiece] = []
+    owners: list[int] = []
+    for number, pieces in enumerate(series):
+        total = 0
+        for piece in pieces:
+            if piece.first + 1 >= first_s and piece.last + STORAGE_WINDOW <= last_s:
+                total += piece.samples
+            else:
+                edge.append(piece)
+                owners.append(number)
+        totals.append(total)
+    if edge:
+        for number, count in zip(owners, _edge_counts(edge, first_s, last_s), strict=True):
+            totals[number] += count
+    return totals
+
+
+def _edge_counts(pieces: list[HourPiece], first_s: int, last_s: int) -> list[int]:
+    grid = np.concatenate([p.grid for p in pieces]).astype(np.int64)
+    starts = np.concatenate([p.starts for p in pieces]).astype(np.int64)
+    on_grid = grid >= 0
+    counts = np.zeros(len(grid), dtype=np.int64)
+    present, stamps = bitmap_slots(grid[on_grid], starts[on_grid])
+    counts[on_grid] = (present & (stamps >= first_s) & (stamps <= last_s)).sum(axis=1)
+    off = np.flatnonzero(~on_grid).tolist()
+    if off:
+        owner = np.repeat(np.arange(len(pieces)), [p.windows for p in pieces])
+        firsts = np.concatenate(([0], np.cumsum([p.windows for p in pieces])))
+        for window in off:
+            piece = pieces[int(owner[window])]
+            index = window - int(firsts[owner[window]])
+            times, _ = decode_window(int(starts[window]), piece.blobs()[index])
+            counts[window] = int(((times >= first_s) & (times <= last_s)).sum())
+    bounds = np.cumsum([0, *(p.windows for p in pieces)])[:-1]
+    return [int(n) for n in np.add.reduceat(counts, bounds).tolist()]
+
+
+def encode_pieces(labels: bytes, pieces: Sequence[HourPiece], scale: float, first_s: int,
+                  last_s: int, samples: int) -> bytes:
+    """A series as hour pieces (the engine's readSegments): labels (``encode_labels``), the
+    marker, f64 scale, i64 first and last timestamp kept (ms), u32 samples in that range,
+    u32 pieces, then each piece's segment."""
+    return b"".join((labels, _SERIES.pack(POINTS_SEGMENTS, scale, first_s * 1000,
+                                          last_s * 1000, samples, len(pieces)),
+                     *(p.segment for p in pieces)))
