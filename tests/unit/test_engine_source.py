@@ -1,5 +1,6 @@
-"""The PromQL engine's Go sources (statsfeeder/readapi/engine) pass ``go vet`` and ``gofmt``,
-with the Go the read API builds the engine with (``go`` on PATH, as engine.py finds it)."""
+"""The PromQL engine's Go sources (statsfeeder/readapi/engine) pass ``go vet`` (all checks but
+stdmethods) and ``gofmt``, with the Go the read API builds the engine with (``go`` on PATH,
+as engine.py finds it)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,10 @@ def go_tool(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_go_vet_is_clean() -> None:
-    vetted = go_tool("vet", "./...")
+    # stdmethods off: chunkenc.Iterator's Seek(int64) is Prometheus's, which that check
+    # takes for a wrong io.Seeker (packed.go's iterator implements it; Prometheus's own
+    # iterators do the same).
+    vetted = go_tool("vet", "-stdmethods=false", "./...")
     assert vetted.returncode == 0, vetted.stderr + vetted.stdout
 
 

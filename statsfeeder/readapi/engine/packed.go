@@ -2,9 +2,9 @@ package main
 
 // Packed series: the stored 5-minute windows as Cassandra holds them (blob format version 1,
 // statsfeeder/sinks/cassandra/encoder.py), sent by the store undecoded, checked once as the
-// frame is read and decoded again one window at a time while the engine iterates. A query's series then take about the bytes
-// they take on disk (2-3 per sample) instead of 16 per sample, and no Python process decodes
-// varints.
+// frame is read and decoded again one window at a time while the engine iterates. A query's
+// series then take about the bytes they take on disk (2-3 per sample) instead of 16 per
+// sample, and no Python process decodes varints.
 
 import (
 	"errors"
@@ -12,9 +12,7 @@ import (
 
 	"github.com/prometheus/prometheus/model/histogram"
 	"github.com/prometheus/prometheus/model/labels"
-	"github.com/prometheus/prometheus/storage"
 	"github.com/prometheus/prometheus/tsdb/chunkenc"
-	"github.com/prometheus/prometheus/tsdb/chunks"
 )
 
 const (
@@ -34,28 +32,29 @@ type packedSeries struct {
 	starts     []int64  // window starts, seconds, ascending
 	ends       []uint32 // each window's end offset in data
 	data       []byte
-	before     []int32 // in-range samples before each window (and in all, last)
 }
 
 func (s *packedSeries) Labels() labels.Labels { return s.lset }
 
-// Iterator is Prometheus's own list iterator over the samples, which are decoded a window
-// at a time as it reaches them (packedSamples).
-func (s *packedSeries) Iterator(chunkenc.Iterator) chunkenc.Iterator {
-	return storage.NewListSeriesIterator(&packedSamples{series: s, window: -1})
+// Iterator walks the samples a window at a time (packedIterator), reusing it when given one.
+func (s *packedSeries) Iterator(it chunkenc.Iterator) chunkenc.Iterator {
+	p, ok := it.(*packedIterator)
+	if !ok {
+		p = &packedIterator{}
+	}
+	p.series, p.window, p.samples, p.at = s, -1, p.samples[:0], -1
+	return p
 }
 
-// check decodes every window once, as the frame is read: a malformed one fails the Select
-// then, and each window's in-range sample count is known for packedSamples.
+// check decodes every window once, as the frame is read: a malformed one (or one with a
+// sample outside its 5 minutes, which the iterator's Seek relies on) fails the Select then.
 func (s *packedSeries) check() error {
-	s.before = make([]int32, len(s.starts)+1)
 	var samples []floatSample
 	for w := range s.starts {
 		var err error
 		if samples, err = s.decodeWindow(w, samples[:0]); err != nil {
 			return err
 		}
-		s.before[w+1] = s.before[w] + int32(len(samples))
 	}
 	return nil
 }
@@ -112,7 +111,7 @@ func (s *packedSeries) decodeWindow(w int, out []floatSample) ([]floatSample, er
 	var value int64
 	for _, stamp := range times {
 		zigzag, next, ok := uvarint(blob, position)
-		if !ok {
+		if !ok || stamp <= start || stamp > start+windowSeconds {
 			return out, errBlob
 		}
 		position = next
@@ -139,46 +138,92 @@ func uvarint(blob []byte, position int) (uint64, int, bool) {
 	return 0, position, false
 }
 
-// packedSamples is one iteration's view of a packed series (storage.Samples): the window
-// holding the sample asked for is decoded and kept until another is asked for. Get returns
-// a pointer into that window's samples: a floatSample value in the chunks.Sample interface
-// would be an allocation per call, several per sample as the list iterator calls it.
-type packedSamples struct {
+// packedIterator is a chunkenc.Iterator over a packed series: the window holding the
+// current sample is decoded into samples and kept until the iterator moves past it. Its
+// Seek(int64) is chunkenc's, not io.Seeker's: go vet's stdmethods check is off for it
+// (tests/unit/test_engine_source.py).
+type packedIterator struct {
 	series  *packedSeries
-	window  int
-	first   int // the index of the window's first sample
+	window  int // the window in samples; -1 before the first, len(starts) once exhausted
 	samples []floatSample
+	at      int // the current sample in samples
 }
 
-func (p *packedSamples) Len() int { return int(p.series.before[len(p.series.starts)]) }
-
-// Get is called several times per sample (Next, At, AtT, AtST): the window at hand first.
-func (p *packedSamples) Get(i int) chunks.Sample {
-	if k := i - p.first; p.window >= 0 && k >= 0 && k < len(p.samples) {
-		return &p.samples[k]
-	}
-	s := p.series
-	w := p.window
-	if w >= 0 && w+1 < len(s.starts) && i >= int(s.before[w+1]) && i < int(s.before[w+2]) {
-		w++ // the next window: iterating in order
-	} else {
-		w = sort.Search(len(s.starts), func(k int) bool { return int(s.before[k+1]) > i })
-	}
+func (p *packedIterator) load(w int) {
 	// Checked when the frame was read (check), so it decodes.
-	p.samples, _ = s.decodeWindow(w, p.samples[:0])
-	p.window, p.first = w, int(s.before[w])
-	return &p.samples[i-p.first]
+	p.samples, _ = p.series.decodeWindow(w, p.samples[:0])
+	p.window, p.at = w, 0
 }
+
+func (p *packedIterator) exhausted() chunkenc.ValueType {
+	p.window, p.samples, p.at = len(p.series.starts), p.samples[:0], 0
+	return chunkenc.ValNone
+}
+
+func (p *packedIterator) Next() chunkenc.ValueType {
+	if p.window >= len(p.series.starts) {
+		return chunkenc.ValNone
+	}
+	p.at++
+	for p.at >= len(p.samples) {
+		if p.window+1 >= len(p.series.starts) {
+			return p.exhausted()
+		}
+		p.load(p.window + 1)
+	}
+	return chunkenc.ValFloat
+}
+
+// Seek moves to the first sample at or after t (ms), never back. A window holds samples
+// stamped in (start, start+5 min] (check), so the windows ending before t are skipped
+// undecoded.
+func (p *packedIterator) Seek(t int64) chunkenc.ValueType {
+	starts := p.series.starts
+	if p.window >= len(starts) {
+		return chunkenc.ValNone
+	}
+	if p.window >= 0 && p.at >= 0 && p.at < len(p.samples) {
+		if p.samples[p.at].t >= t {
+			return chunkenc.ValFloat
+		}
+		if p.samples[len(p.samples)-1].t >= t {
+			rest := p.samples[p.at:]
+			p.at += sort.Search(len(rest), func(i int) bool { return rest[i].t >= t })
+			return chunkenc.ValFloat
+		}
+	}
+	from := p.window + 1
+	w := from + sort.Search(len(starts)-from, func(i int) bool {
+		return (starts[from+i]+windowSeconds)*1000 >= t
+	})
+	for ; w < len(starts); w++ {
+		p.load(w)
+		if k := sort.Search(len(p.samples), func(i int) bool { return p.samples[i].t >= t }); k < len(p.samples) {
+			p.at = k
+			return chunkenc.ValFloat
+		}
+	}
+	return p.exhausted()
+}
+
+func (p *packedIterator) At() (int64, float64) {
+	s := &p.samples[p.at]
+	return s.t, s.f
+}
+
+func (p *packedIterator) AtHistogram(*histogram.Histogram) (int64, *histogram.Histogram) {
+	return p.samples[p.at].t, nil
+}
+
+func (p *packedIterator) AtFloatHistogram(*histogram.FloatHistogram) (int64, *histogram.FloatHistogram) {
+	return p.samples[p.at].t, nil
+}
+
+func (p *packedIterator) AtT() int64 { return p.samples[p.at].t }
+func (*packedIterator) AtST() int64  { return 0 }
+func (*packedIterator) Err() error   { return nil }
 
 type floatSample struct {
 	t int64
 	f float64
 }
-
-func (s floatSample) T() int64                    { return s.t }
-func (floatSample) ST() int64                     { return 0 }
-func (s floatSample) F() float64                  { return s.f }
-func (floatSample) H() *histogram.Histogram       { return nil }
-func (floatSample) FH() *histogram.FloatHistogram { return nil }
-func (floatSample) Type() chunkenc.ValueType      { return chunkenc.ValFloat }
-func (s floatSample) Copy() chunks.Sample         { return s }

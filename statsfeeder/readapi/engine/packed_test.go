@@ -108,27 +108,43 @@ func TestPackedSeriesIteratesTheWindowsSamplesInRange(t *testing.T) {
 				t.Fatalf("round %d: sample %d at %d, want %d", round, i, gotT[i], wantT[i])
 			}
 		}
-		// Seek to random points, forward only: the first sample at or after each.
+		// Seek to random points, forward only: the first sample at or after each (or the
+		// current one, if already there), with Next calls in between.
 		seeker := series.Iterator(nil)
 		target := series.mint - 5000
+		current := -1
 		for step := 0; step < 20; step++ {
 			target += int64(rng.Intn(200_000))
 			want := -1
-			for i, stamp := range wantT {
-				if stamp >= target {
+			for i := max(current, 0); i < len(wantT); i++ {
+				if wantT[i] >= target {
 					want = i
 					break
 				}
 			}
 			kind := seeker.Seek(target)
 			if want < 0 {
-				if kind != chunkenc.ValNone {
+				if kind != chunkenc.ValNone || seeker.Next() != chunkenc.ValNone {
 					t.Fatalf("round %d: seek %d found a sample past the end", round, target)
 				}
 				break
 			}
 			if at, _ := seeker.At(); kind != chunkenc.ValFloat || at != wantT[want] {
 				t.Fatalf("round %d: seek %d at %d, want %d", round, target, at, wantT[want])
+			}
+			current = want
+			if rng.Intn(2) == 0 {
+				current++
+				kind := seeker.Next()
+				if current == len(wantT) {
+					if kind != chunkenc.ValNone {
+						t.Fatalf("round %d: next after the last sample found one", round)
+					}
+					break
+				}
+				if at := seeker.AtT(); kind != chunkenc.ValFloat || at != wantT[current] {
+					t.Fatalf("round %d: next at %d, want %d", round, at, wantT[current])
+				}
 			}
 		}
 	}
@@ -140,5 +156,14 @@ func TestATruncatedWindowFailsTheCheck(t *testing.T) {
 		data: blob[:len(blob)-1], ends: []uint32{uint32(len(blob) - 1)}}
 	if series.check() == nil {
 		t.Fatal("a truncated window decoded without error")
+	}
+}
+
+func TestASampleOutsideItsWindowFailsTheCheck(t *testing.T) {
+	blob := encodeWindow(1000, []int64{1020, 1307}, []int64{5, 6}) // 1307: past 1000+300
+	series := &packedSeries{scale: 1, mint: 0, maxt: 1 << 50, starts: []int64{1000},
+		data: blob, ends: []uint32{uint32(len(blob))}}
+	if series.check() == nil {
+		t.Fatal("a window with a sample past its five minutes decoded without error")
 	}
 }
