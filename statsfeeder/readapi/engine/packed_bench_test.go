@@ -1,7 +1,10 @@
 package main
 
 import (
+	"bufio"
+	"bytes"
 	"context"
+	"encoding/binary"
 	"fmt"
 	"testing"
 	"time"
@@ -42,7 +45,7 @@ func BenchmarkCheck(b *testing.B) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		for _, s := range fleet {
-			if err := s.check(); err != nil {
+			if _, err := s.check(nil); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -61,7 +64,7 @@ func BenchmarkTopkHour(b *testing.B) {
 func benchmarkRange(b *testing.B, windows int, expr string, from, length, step time.Duration) {
 	fleet, base := benchFleet(1000, windows)
 	for _, s := range fleet {
-		if err := s.check(); err != nil {
+		if _, err := s.check(nil); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -104,3 +107,45 @@ func (fleetQuerier) LabelNames(context.Context, *storage.LabelHints, ...*labels.
 }
 
 func (fleetQuerier) Close() error { return nil }
+
+// The frame of the read bench's topk over the last hour as the store sends it from memory:
+// 1,000 series of 8 labels, each two hour pieces of 12 windows.
+func BenchmarkDecodeFrame(b *testing.B) {
+	base := int64(1795334400)
+	frame := []byte(frameMagic)
+	for n := 0; n < 1000; n++ {
+		frame = binary.LittleEndian.AppendUint32(frame, 8)
+		for _, label := range [][2]string{{"__name__", "vsphere_vm_cpu_usage_average_percent"},
+			{"vm", fmt.Sprintf("urn:vcloud:vm:%08d-0000-0000-0000-000000000000", n)},
+			{"vm_name", fmt.Sprintf("vm-%04d", n)}, {"vapp", "vapp-1"}, {"vdc", "vdc-1"},
+			{"org", "org-01"}, {"vcenter", "vc1"}, {"moref", fmt.Sprintf("vm-%d", n)}} {
+			frame = binary.LittleEndian.AppendUint16(frame, uint16(len(label[0])))
+			frame = append(frame, label[0]...)
+			frame = binary.LittleEndian.AppendUint32(frame, uint32(len(label[1])))
+			frame = append(frame, label[1]...)
+		}
+		frame = binary.LittleEndian.AppendUint32(frame, pointsSegments)
+		frame = append(frame, segmentsHead((base+1800)*1000, (base+5400)*1000, 2)...)
+		for hour := int64(0); hour < 2; hour++ {
+			var starts []int64
+			var blobs [][]byte
+			for w := int64(0); w < 12; w++ {
+				start := base + 3600*hour + 300*w
+				stamps, values := make([]int64, 15), make([]int64, 15)
+				for i := range stamps {
+					stamps[i], values[i] = start+int64(20*(i+1)), int64((n+i)%10000)
+				}
+				starts, blobs = append(starts, start), append(blobs, encodeWindow(start, stamps, values))
+			}
+			frame = append(frame, segment(starts, blobs)...)
+		}
+	}
+	frame = binary.LittleEndian.AppendUint32(frame, markerEnd)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		series, err := decodeFrame(bufio.NewReaderSize(bytes.NewReader(frame), 1<<16))
+		if err != nil || len(series) != 1000 {
+			b.Fatal(err, len(series))
+		}
+	}
+}

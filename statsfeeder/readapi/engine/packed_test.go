@@ -88,7 +88,7 @@ func TestPackedSeriesIteratesTheWindowsSamplesInRange(t *testing.T) {
 				}
 			}
 		}
-		if err := series.check(); err != nil {
+		if _, err := series.check(nil); err != nil {
 			t.Fatal(err)
 		}
 		it := series.Iterator(nil)
@@ -154,7 +154,7 @@ func TestATruncatedWindowFailsTheCheck(t *testing.T) {
 	blob := encodeWindow(1000, []int64{1020, 1040}, []int64{5, 900000})
 	series := &packedSeries{scale: 1, mint: 0, maxt: 1 << 50, starts: []int64{1000},
 		data: blob[:len(blob)-1], ends: []uint32{uint32(len(blob) - 1)}}
-	if series.check() == nil {
+	if _, err := series.check(nil); err == nil {
 		t.Fatal("a truncated window decoded without error")
 	}
 }
@@ -163,7 +163,36 @@ func TestASampleOutsideItsWindowFailsTheCheck(t *testing.T) {
 	blob := encodeWindow(1000, []int64{1020, 1307}, []int64{5, 6}) // 1307: past 1000+300
 	series := &packedSeries{scale: 1, mint: 0, maxt: 1 << 50, starts: []int64{1000},
 		data: blob, ends: []uint32{uint32(len(blob))}}
-	if series.check() == nil {
+	if _, err := series.check(nil); err == nil {
 		t.Fatal("a window with a sample past its five minutes decoded without error")
+	}
+}
+
+// The check's quick walk of on-grid windows accepts exactly the windows decodeWindow does.
+func TestTheCheckAcceptsWhatDecodesOnTheGrid(t *testing.T) {
+	rng := rand.New(rand.NewSource(11))
+	accepted := 0
+	for round := 0; round < 20000; round++ {
+		blob := []byte{flagOnGrid, byte(rng.Intn(256)), byte(rng.Intn(256))}
+		for i := rng.Intn(40); i > 0; i-- {
+			b := byte(rng.Intn(256))
+			if rng.Intn(3) == 0 {
+				b |= 0x80
+			}
+			blob = append(blob, b)
+		}
+		series := &packedSeries{scale: 1, mint: 0, maxt: 1 << 50, starts: []int64{1000},
+			data: blob, ends: []uint32{uint32(len(blob))}}
+		_, checked := series.check(nil)
+		_, decoded := series.decodeWindow(0, nil)
+		if (checked == nil) != (decoded == nil) {
+			t.Fatalf("blob %x: check says %v, decoding %v", blob, checked, decoded)
+		}
+		if checked == nil {
+			accepted++
+		}
+	}
+	if accepted < 1000 {
+		t.Fatalf("only %d of the random windows were valid: the test says little", accepted)
 	}
 }

@@ -1,10 +1,9 @@
 package main
 
 // Reading a packed series from the store's frame (decodeFrame, storage.go): its stored
-// windows in one block (readPacked) or as hour pieces (readSegments), checked as read.
+// windows in one block (packed) or as hour pieces (segments), checked as read.
 
 import (
-	"bufio"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -14,11 +13,12 @@ import (
 	"github.com/prometheus/prometheus/model/labels"
 )
 
-// readHead reads the size bytes after a packed series' marker, which begin with its f64
-// scale and i64 first and last timestamp kept (ms).
-func readHead(r *bufio.Reader, lset labels.Labels, size int) (*packedSeries, []byte, error) {
-	head := make([]byte, size)
-	if _, err := io.ReadFull(r, head); err != nil {
+// head reads the size bytes after a packed series' marker, which begin with its f64 scale
+// and i64 first and last timestamp kept (ms), into the decoder's scratch.
+func (d *frameDecoder) head(lset labels.Labels, size int) (*packedSeries, []byte, error) {
+	d.scratch = append(d.scratch[:0], make([]byte, size)...)
+	head := d.scratch
+	if _, err := io.ReadFull(d.r, head); err != nil {
 		return nil, nil, fmt.Errorf("storage: truncated frame: %w", err)
 	}
 	return &packedSeries{lset: lset,
@@ -27,11 +27,12 @@ func readHead(r *bufio.Reader, lset labels.Labels, size int) (*packedSeries, []b
 		maxt:  int64(binary.LittleEndian.Uint64(head[16:]))}, head, nil
 }
 
-// readPacked reads a packed series after its marker: f64 scale, i64 first and last
+// packed reads a packed series after its marker: f64 scale, i64 first and last
 // timestamp kept (ms), u32 samples in that range, u32 windows, u32 data bytes, the windows'
 // i64 starts (s), their u32 lengths, then their blobs one after another.
-func readPacked(r *bufio.Reader, lset labels.Labels) (*packedSeries, error) {
-	series, head, err := readHead(r, lset, 36)
+func (d *frameDecoder) packed(lset labels.Labels) (*packedSeries, error) {
+	r := d.r
+	series, head, err := d.head(lset, 36)
 	if err != nil {
 		return nil, err
 	}
@@ -40,7 +41,8 @@ func readPacked(r *bufio.Reader, lset labels.Labels) (*packedSeries, error) {
 	if uint64(windows)*12+uint64(size) > 1<<34 {
 		return nil, errors.New("storage: bad frame")
 	}
-	raw := make([]byte, 12*windows)
+	d.scratch = append(d.scratch[:0], make([]byte, 12*windows)...)
+	raw := d.scratch
 	if _, err := io.ReadFull(r, raw); err != nil {
 		return nil, fmt.Errorf("storage: truncated frame: %w", err)
 	}
@@ -59,27 +61,29 @@ func readPacked(r *bufio.Reader, lset labels.Labels) (*packedSeries, error) {
 	if _, err := io.ReadFull(r, series.data); err != nil {
 		return nil, fmt.Errorf("storage: truncated frame: %w", err)
 	}
-	if err := series.check(); err != nil {
+	if d.samples, err = series.check(d.samples); err != nil {
 		return nil, err
 	}
 	return series, nil
 }
 
-// readSegments reads a series sent as hour pieces after its marker: f64 scale, i64 first
+// segments reads a series sent as hour pieces after its marker: f64 scale, i64 first
 // and last timestamp kept (ms), u32 samples in that range, u32 segments; per segment u32
 // windows, u32 data bytes, the windows' i64 starts (s), their u32 lengths, their blobs.
 // Windows that cannot hold a sample in range (the pieces are whole hours) are dropped.
-func readSegments(r *bufio.Reader, lset labels.Labels) (*packedSeries, error) {
-	series, head, err := readHead(r, lset, 32)
+func (d *frameDecoder) segments(lset labels.Labels) (*packedSeries, error) {
+	r := d.r
+	series, head, err := d.head(lset, 32)
 	if err != nil {
 		return nil, err
 	}
 	first, last := series.mint/1000-windowSeconds, series.maxt/1000
 	segments := int(binary.LittleEndian.Uint32(head[28:]))
+	d.starts, d.ends, d.data = d.starts[:0], d.ends[:0], d.data[:0]
 	var total uint64
 	for n := 0; n < segments; n++ {
-		var sizes [8]byte
-		if _, err := io.ReadFull(r, sizes[:]); err != nil {
+		sizes := d.word[:8]
+		if _, err := io.ReadFull(r, sizes); err != nil {
 			return nil, fmt.Errorf("storage: truncated frame: %w", err)
 		}
 		windows := int(binary.LittleEndian.Uint32(sizes[0:]))
@@ -87,7 +91,8 @@ func readSegments(r *bufio.Reader, lset labels.Labels) (*packedSeries, error) {
 		if total += uint64(windows)*12 + uint64(size); total > 1<<34 {
 			return nil, errors.New("storage: bad frame")
 		}
-		raw := make([]byte, 12*windows+size)
+		d.scratch = append(d.scratch[:0], make([]byte, 12*windows+size)...)
+		raw := d.scratch
 		if _, err := io.ReadFull(r, raw); err != nil {
 			return nil, fmt.Errorf("storage: truncated frame: %w", err)
 		}
@@ -100,9 +105,9 @@ func readSegments(r *bufio.Reader, lset labels.Labels) (*packedSeries, error) {
 				return nil, errors.New("storage: bad frame")
 			}
 			if start >= first && start <= last {
-				series.starts = append(series.starts, start)
-				series.data = append(series.data, blobs[offset:offset+length]...)
-				series.ends = append(series.ends, uint32(len(series.data)))
+				d.starts = append(d.starts, start)
+				d.data = append(d.data, blobs[offset:offset+length]...)
+				d.ends = append(d.ends, uint32(len(d.data)))
 			}
 			offset += length
 		}
@@ -110,7 +115,11 @@ func readSegments(r *bufio.Reader, lset labels.Labels) (*packedSeries, error) {
 			return nil, errors.New("storage: bad frame")
 		}
 	}
-	if err := series.check(); err != nil {
+	// Sized copies: the decoder's buffers serve the next series.
+	series.starts = append([]int64(nil), d.starts...)
+	series.ends = append([]uint32(nil), d.ends...)
+	series.data = append([]byte(nil), d.data...)
+	if d.samples, err = series.check(d.samples); err != nil {
 		return nil, err
 	}
 	return series, nil

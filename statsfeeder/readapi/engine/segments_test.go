@@ -56,7 +56,7 @@ func TestSegmentsKeepOnlyTheWindowsThatMayHoldSamplesInRange(t *testing.T) {
 	// [base+3000, base+3900]: windows starting 2700 to 3900 may hold samples in range.
 	mint, maxt := (base+3000)*1000, (base+3900)*1000
 	frame := append(segmentsHead(mint, maxt, 2), append(hours[0], hours[1]...)...)
-	series, err := readSegments(bufio.NewReader(bytes.NewReader(frame)), labels.EmptyLabels())
+	series, err := (&frameDecoder{r: bufio.NewReader(bytes.NewReader(frame))}).segments(labels.EmptyLabels())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,7 +92,7 @@ func TestASegmentWhoseLengthsDisagreeIsABadFrame(t *testing.T) {
 	binary.LittleEndian.PutUint32(piece[4:], 99) // data bytes no longer the blobs' sum
 	frame := append(segmentsHead(0, math.MaxInt64, 1), piece...)
 	frame = append(frame, make([]byte, 99)...)
-	if _, err := readSegments(bufio.NewReader(bytes.NewReader(frame)), labels.EmptyLabels()); err == nil {
+	if _, err := (&frameDecoder{r: bufio.NewReader(bytes.NewReader(frame))}).segments(labels.EmptyLabels()); err == nil {
 		t.Fatal("a segment whose lengths do not add up was read")
 	}
 }

@@ -188,7 +188,7 @@ func (s *remoteStore) fetch(ctx context.Context, request selectRequest) ([]stora
 // decodeFrame reads "SFS1", then per series: u32 label count, per label u16-length-prefixed
 // name and u32-length-prefixed value, u32 point count, the int64 timestamps (ms), the float64
 // values; or, for a point count of pointsPacked or pointsSegments, the stored windows
-// (readPacked, readSegments). A u32
+// (frameDecoder.packed, .segments). A u32
 // markerEnd closes the frame; markerError (a limit) or markerFailure (the store failed
 // midway) + a u32-prefixed message aborts it. All little-endian. The frame is read as it
 // arrives: the store sends each series once it is read.
@@ -197,6 +197,7 @@ func decodeFrame(r *bufio.Reader) ([]storage.Series, error) {
 	if _, err := io.ReadFull(r, magic); err != nil || string(magic) != frameMagic {
 		return nil, errors.New("storage: bad frame")
 	}
+	d := &frameDecoder{r: r}
 	var out []storage.Series
 	for {
 		count, err := readU32(r)
@@ -219,29 +220,20 @@ func decodeFrame(r *bufio.Reader) ([]storage.Series, error) {
 			}
 			return nil, storageFailure{fmt.Sprintf("storage: %s", message)}
 		}
-		builder := labels.NewScratchBuilder(int(count))
-		for i := uint32(0); i < count; i++ {
-			name, err := readBytes(r, 2)
-			if err != nil {
-				return nil, err
-			}
-			value, err := readBytes(r, 4)
-			if err != nil {
-				return nil, err
-			}
-			builder.Add(string(name), string(value))
+		lset, err := d.labels(int(count))
+		if err != nil {
+			return nil, err
 		}
-		builder.Sort()
 		points, err := readU32(r)
 		if err != nil {
 			return nil, err
 		}
 		if points == pointsPacked || points == pointsSegments {
-			read := readPacked
+			read := d.packed
 			if points == pointsSegments {
-				read = readSegments
+				read = d.segments
 			}
-			series, err := read(r, builder.Labels())
+			series, err := read(lset)
 			if err != nil {
 				return nil, err
 			}
@@ -252,13 +244,63 @@ func decodeFrame(r *bufio.Reader) ([]storage.Series, error) {
 		if _, err := io.ReadFull(r, raw); err != nil {
 			return nil, fmt.Errorf("storage: truncated frame: %w", err)
 		}
-		series := &memSeries{lset: builder.Labels(), floats: make([]promql.FPoint, points)}
+		series := &memSeries{lset: lset, floats: make([]promql.FPoint, points)}
 		for i := 0; i < int(points); i++ {
 			series.floats[i] = promql.FPoint{T: int64(binary.LittleEndian.Uint64(raw[8*i:])),
 				F: math.Float64frombits(binary.LittleEndian.Uint64(raw[8*(int(points)+i):]))}
 		}
 		out = append(out, series)
 	}
+}
+
+// frameDecoder reads one frame's series with buffers reused from series to series: a
+// query's thousands of series would otherwise cost dozens of allocations each.
+type frameDecoder struct {
+	r       *bufio.Reader
+	word    [8]byte
+	scratch []byte
+	bounds  []int
+	builder labels.ScratchBuilder
+	samples []floatSample // check's
+	starts  []int64       // a series' kept windows, until copied out
+	ends    []uint32
+	data    []byte
+}
+
+// labels reads a series' count labels: their bytes into one string, the names and values
+// substrings of it, sorted into one Labels.
+func (d *frameDecoder) labels(count int) (labels.Labels, error) {
+	d.scratch, d.bounds = d.scratch[:0], d.bounds[:0]
+	for i := 0; i < 2*count; i++ {
+		prefix := 2 + 2*(i%2) // a u16 name length, then a u32 value length
+		buf := d.word[:4]
+		if _, err := io.ReadFull(d.r, buf[:prefix]); err != nil {
+			return labels.EmptyLabels(), fmt.Errorf("storage: truncated frame: %w", err)
+		}
+		n := int(binary.LittleEndian.Uint16(buf[:2]))
+		if prefix == 4 {
+			n = int(binary.LittleEndian.Uint32(buf))
+		}
+		if n > 1<<24 {
+			return labels.EmptyLabels(), errors.New("storage: bad frame")
+		}
+		at := len(d.scratch)
+		d.scratch = append(d.scratch, make([]byte, n)...)
+		if _, err := io.ReadFull(d.r, d.scratch[at:]); err != nil {
+			return labels.EmptyLabels(), fmt.Errorf("storage: truncated frame: %w", err)
+		}
+		d.bounds = append(d.bounds, len(d.scratch))
+	}
+	all := string(d.scratch)
+	d.builder.Reset()
+	begin := 0
+	for i := 0; i < count; i++ {
+		name, end := all[begin:d.bounds[2*i]], d.bounds[2*i+1]
+		d.builder.Add(name, all[d.bounds[2*i]:end])
+		begin = end
+	}
+	d.builder.Sort()
+	return d.builder.Labels(), nil
 }
 
 func readU32(r *bufio.Reader) (uint32, error) {
