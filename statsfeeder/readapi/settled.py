@@ -118,23 +118,30 @@ class SettledCache:
                 self._generation = generation
             # Settled hours always; the newer ones only under the stamps just read.
             end = last_end if generation is not None else min(last_end, settled)
-            spans = [range(first_hour, min(end, settled), HOUR_MS),
-                     range(max(first_hour, settled), end, HOUR_MS)]
+            spans = [hours for hours in (range(first_hour, min(end, settled), HOUR_MS),
+                                         range(max(first_hour, settled), end, HOUR_MS))
+                     if hours]
             found: dict[str, list[tuple[str, int, Entry]]] = {}
-            for hours in spans:
-                if not hours:
+            missing: list[list[str]] = [[] for _ in spans]
+            whole = range(first_hour, end, HOUR_MS)  # the spans, one after the other
+            for vm in ids:
+                # Most VMs have every hour kept: one lookup for both spans.
+                entries = self._lookup(vm, metrics, whole, now) if len(spans) > 1 else None
+                if entries is not None:
+                    hits += len(spans)
+                    found[vm] = entries
                     continue
-                missing = []
-                for vm in ids:
+                for number, hours in enumerate(spans):
                     entries = self._lookup(vm, metrics, hours, now)
                     if entries is None:
                         misses += 1
-                        missing.append(vm)
+                        missing[number].append(vm)
                     else:
                         hits += 1
                         found.setdefault(vm, []).extend(entries)
-                if missing:
-                    read.fills.append((missing, (hours[0], hours[-1] + HOUR_MS - 1)))
+            for hours, vms in zip(spans, missing, strict=True):
+                if vms:
+                    read.fills.append((vms, (hours[0], hours[-1] + HOUR_MS - 1)))
         if self._counted is not None:
             self._counted(hits, misses)
         read.kept = list(found.items())
