@@ -35,6 +35,8 @@ class HourPiece:
 
     segment: bytes
     grid: np.ndarray
+    starts: np.ndarray
+    """The windows' starts: a view into ``segment``."""
     samples: int
     first: int
     last: int
@@ -42,10 +44,6 @@ class HourPiece:
     @property
     def windows(self) -> int:
         return len(self.grid)
-
-    @property
-    def starts(self) -> np.ndarray:
-        return np.frombuffer(self.segment, dtype="<i8", count=len(self.grid), offset=_HEAD.size)
 
     def blobs(self) -> tuple[bytes, ...]:
         count = len(self.grid)
@@ -102,8 +100,9 @@ def hour_pieces(rows: list[tuple[Any, ...]], metric: str | None = None
                             joined[byte_edges[number]:byte_edges[number + 1]]))
         key = groups.keys[groups.series_ids[a]]
         found.setdefault(key, {})[hour_of[number]] = HourPiece(
-            segment, grid[a:b].astype(np.int32), totals[number], first_starts[number],
-            last_starts[number])
+            segment, grid[a:b].astype(np.int32),
+            np.frombuffer(segment, dtype="<i8", count=b - a, offset=_HEAD.size),
+            totals[number], first_starts[number], last_starts[number])
     return found
 
 
