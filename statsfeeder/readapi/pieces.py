@@ -92,15 +92,17 @@ def hour_pieces(rows: list[tuple[Any, ...]], metric: str | None = None
     byte_edges = offsets[edges].tolist()
     first_starts, hour_of = starts[edges[:-1]].tolist(), hours[edges[:-1]].tolist()
     last_starts = starts[np.array(edges[1:]) - 1].tolist()
+    owners = groups.series_ids[edges[:-1]].tolist()
+    # Converted once for the whole fill, sliced per piece.
+    start_bytes, length_bytes = starts.astype("<i8").tobytes(), lengths.astype("<u4").tobytes()
+    grid32 = grid.astype(np.int32)
     found: dict[SeriesKey, dict[int, HourPiece]] = {}
     for number, (a, b) in enumerate(itertools.pairwise(edges)):
-        segment = b"".join((_HEAD.pack(b - a, byte_edges[number + 1] - byte_edges[number]),
-                            starts[a:b].astype("<i8").tobytes(),
-                            lengths[a:b].astype("<u4").tobytes(),
-                            joined[byte_edges[number]:byte_edges[number + 1]]))
-        key = groups.keys[groups.series_ids[a]]
-        found.setdefault(key, {})[hour_of[number]] = HourPiece(
-            segment, grid[a:b].astype(np.int32),
+        low, high = byte_edges[number], byte_edges[number + 1]
+        segment = b"".join((_HEAD.pack(b - a, high - low), start_bytes[8 * a:8 * b],
+                            length_bytes[4 * a:4 * b], joined[low:high]))
+        found.setdefault(groups.keys[owners[number]], {})[hour_of[number]] = HourPiece(
+            segment, grid32[a:b].copy(),
             np.frombuffer(segment, dtype="<i8", count=b - a, offset=_HEAD.size),
             totals[number], first_starts[number], last_starts[number])
     return found
