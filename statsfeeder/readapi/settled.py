@@ -36,8 +36,8 @@ if TYPE_CHECKING:
 
 HOUR_MS = 3_600_000
 DAY_MS = 86_400_000
-ENTRY_BYTES = 850
-PIECE_BYTES = 300
+ENTRY_BYTES = 340
+PIECE_BYTES = 470
 """Python's cost of an entry (key, tuples, LRU slot) and of an hour piece beside its bytes
 and its 4 bytes a window (object, bytes and array headers), as tracemalloc measured them."""
 
