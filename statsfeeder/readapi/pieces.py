@@ -2,8 +2,9 @@
 engine's frame carries them (``engine/storage.go``, readSegments), so a Select answered from
 memory joins each series' pieces instead of regrouping, clipping and re-encoding its windows.
 The engine drops the windows outside the Select's range; the samples in range are counted
-here from each window's header (the 20-s grid's slot bitmap), for the Select's metrics and to
-leave out series with none, one numpy pass per batch of series.
+here, for the Select's metrics and to leave out series with none, from each piece's bitmap of
+the hour's 180 slots on the 20-s grid (a real vCenter's samples are on it), or by decoding the
+windows of a piece off the grid.
 """
 
 from __future__ import annotations
@@ -16,37 +17,44 @@ from typing import Any
 
 import numpy as np
 
+from statsfeeder.model import REALTIME_INTERVAL
 from statsfeeder.readapi.batch import SeriesKey, Windows, grouped
-from statsfeeder.readapi.decode import bitmap_slots
-from statsfeeder.sinks.cassandra.encoder import VERSION_FLAGS_ON_GRID, BlobError, decode_window
+from statsfeeder.sinks.cassandra.encoder import (
+    SLOTS,
+    VERSION_FLAGS_ON_GRID,
+    BlobError,
+    decode_window,
+)
 from statsfeeder.sources.vcenter.query import STORAGE_WINDOW
 
 POINTS_SEGMENTS = 0xFFFFFFFC
 """In a series' point count: its windows follow as hour pieces (the engine's pointsSegments)."""
 _HEAD = struct.Struct("<II")
 _SERIES = struct.Struct("<IdqqII")
+SLOTS_IN_HOUR = 3600 // REALTIME_INTERVAL
 
 
 @dataclass(frozen=True, slots=True)
 class HourPiece:
     """``segment``: u32 windows, u32 data bytes, the windows' i64 starts (s), their u32
-    lengths, the blobs. ``grid``: per window its slot bitmap, or -(samples + 1) for a window
-    off the 20-s grid. ``first``/``last``: the first and last window's start (s)."""
+    lengths, the blobs. ``mask``: bit k set when a sample is stamped at hour start + 20 (k+1)
+    s; None when a window is off the 20-s grid. ``first``/``last``: the first and last
+    window's start (s)."""
 
     segment: bytes
-    grid: np.ndarray
     starts: np.ndarray
     """The windows' starts: a view into ``segment``."""
+    mask: int | None
     samples: int
     first: int
     last: int
 
     @property
     def windows(self) -> int:
-        return len(self.grid)
+        return len(self.starts)
 
     def blobs(self) -> tuple[bytes, ...]:
-        count = len(self.grid)
+        count = len(self.starts)
         lengths = np.frombuffer(self.segment, dtype="<u4", count=count,
                                 offset=_HEAD.size + 8 * count).astype(np.int64)
         ends = np.cumsum(lengths) + _HEAD.size + 12 * count
@@ -56,6 +64,23 @@ class HourPiece:
     def as_windows(self) -> Windows:
         """The piece as the batch's (starts, blobs), for the decoding paths."""
         return self.starts.astype(np.int64), self.blobs()
+
+    def samples_in(self, first_s: int, last_s: int) -> int:
+        """Its samples stamped in [first_s, last_s]."""
+        if self.first + 1 >= first_s and self.last + STORAGE_WINDOW <= last_s:
+            return self.samples
+        if self.mask is not None:
+            hour = self.first // 3600 * 3600
+            low = max(0, -(-(first_s - hour) // REALTIME_INTERVAL) - 1)
+            high = min(SLOTS_IN_HOUR - 1, (last_s - hour) // REALTIME_INTERVAL - 1)
+            if high < low:
+                return 0
+            return (self.mask >> low & (1 << (high - low + 1)) - 1).bit_count()
+        total = 0
+        for start, blob in zip(self.starts.tolist(), self.blobs(), strict=True):
+            times, _ = decode_window(start, blob)
+            total += int(((times >= first_s) & (times <= last_s)).sum())
+        return total
 
 
 def hour_pieces(rows: list[tuple[Any, ...]], metric: str | None = None
@@ -76,13 +101,13 @@ def hour_pieces(rows: list[tuple[Any, ...]], metric: str | None = None
     on_grid = data[heads] & VERSION_FLAGS_ON_GRID != 0
     if (lengths[on_grid] < 3).any():
         raise BlobError("sample blob is truncated")
-    grid = np.zeros(len(blobs), dtype=np.int64)
+    bitmaps = np.zeros(len(blobs), dtype=np.int64)
     at = heads[on_grid]
-    grid[on_grid] = data[at + 1].astype(np.int64) | data[at + 2].astype(np.int64) << 8
-    counts = np.bitwise_count(np.where(on_grid, grid, 0)).astype(np.int64)
+    bitmaps[on_grid] = (data[at + 1].astype(np.int64) | data[at + 2].astype(np.int64) << 8
+                        ) & (1 << SLOTS) - 1
+    counts = np.bitwise_count(bitmaps).astype(np.int64)
     for window in np.flatnonzero(~on_grid).tolist():  # rare: a real vCenter's are on grid
-        samples = _varint(blobs[window], 1)
-        grid[window], counts[window] = -(samples + 1), samples
+        counts[window] = _varint(blobs[window], 1)
     starts = groups.starts
     hours = starts // 3600 * 3600
     # A piece: a run of one series' windows in one hour (windows are grouped by series).
@@ -95,16 +120,23 @@ def hour_pieces(rows: list[tuple[Any, ...]], metric: str | None = None
     owners = groups.series_ids[edges[:-1]].tolist()
     # Converted once for the whole fill, sliced per piece.
     start_bytes, length_bytes = starts.astype("<i8").tobytes(), lengths.astype("<u4").tobytes()
-    grid32 = grid.astype(np.int32)
+    # Each window's bitmap at its place among the hour's slots (Python ints: 180 bits).
+    shifted = [bitmap << shift for bitmap, shift in zip(
+        bitmaps.tolist(), ((starts - hours) // REALTIME_INTERVAL).tolist(), strict=True)]
+    off_grid = np.concatenate(([0], np.cumsum(~on_grid)))[edges].tolist()
     found: dict[SeriesKey, dict[int, HourPiece]] = {}
     for number, (a, b) in enumerate(itertools.pairwise(edges)):
         low, high = byte_edges[number], byte_edges[number + 1]
         segment = b"".join((_HEAD.pack(b - a, high - low), start_bytes[8 * a:8 * b],
                             length_bytes[4 * a:4 * b], joined[low:high]))
+        mask = None
+        if off_grid[number + 1] == off_grid[number]:
+            mask = 0
+            for bits in shifted[a:b]:
+                mask |= bits
         found.setdefault(groups.keys[owners[number]], {})[hour_of[number]] = HourPiece(
-            segment, grid32[a:b].copy(),
-            np.frombuffer(segment, dtype="<i8", count=b - a, offset=_HEAD.size),
-            totals[number], first_starts[number], last_starts[number])
+            segment, np.frombuffer(segment, dtype="<i8", count=b - a, offset=_HEAD.size),
+            mask, totals[number], first_starts[number], last_starts[number])
     return found
 
 
@@ -129,44 +161,8 @@ def overlapping(pieces: Sequence[HourPiece], first_s: int, last_s: int) -> list[
 
 def samples_in_range(series: Sequence[Sequence[HourPiece]], first_s: int, last_s: int
                      ) -> list[int]:
-    """Per series (its overlapping pieces), its samples stamped in [first_s, last_s]: whole
-    pieces from their totals, the pieces at the range's ends window by window."""
-    totals = []
-    edge: list[HourPiece] = []
-    owners: list[int] = []
-    for number, pieces in enumerate(series):
-        total = 0
-        for piece in pieces:
-            if piece.first + 1 >= first_s and piece.last + STORAGE_WINDOW <= last_s:
-                total += piece.samples
-            else:
-                edge.append(piece)
-                owners.append(number)
-        totals.append(total)
-    if edge:
-        for number, count in zip(owners, _edge_counts(edge, first_s, last_s), strict=True):
-            totals[number] += count
-    return totals
-
-
-def _edge_counts(pieces: list[HourPiece], first_s: int, last_s: int) -> list[int]:
-    grid = np.concatenate([p.grid for p in pieces]).astype(np.int64)
-    starts = np.concatenate([p.starts for p in pieces]).astype(np.int64)
-    on_grid = grid >= 0
-    counts = np.zeros(len(grid), dtype=np.int64)
-    present, stamps = bitmap_slots(grid[on_grid], starts[on_grid])
-    counts[on_grid] = (present & (stamps >= first_s) & (stamps <= last_s)).sum(axis=1)
-    off = np.flatnonzero(~on_grid).tolist()
-    if off:
-        owner = np.repeat(np.arange(len(pieces)), [p.windows for p in pieces])
-        firsts = np.concatenate(([0], np.cumsum([p.windows for p in pieces])))
-        for window in off:
-            piece = pieces[int(owner[window])]
-            index = window - int(firsts[owner[window]])
-            times, _ = decode_window(int(starts[window]), piece.blobs()[index])
-            counts[window] = int(((times >= first_s) & (times <= last_s)).sum())
-    bounds = np.cumsum([0, *(p.windows for p in pieces)])[:-1]
-    return [int(n) for n in np.add.reduceat(counts, bounds).tolist()]
+    """Per series (its overlapping pieces), its samples stamped in [first_s, last_s]."""
+    return [sum(piece.samples_in(first_s, last_s) for piece in pieces) for pieces in series]
 
 
 def encode_pieces(labels: bytes, pieces: Sequence[HourPiece], scale: float, first_s: int,

@@ -37,9 +37,9 @@ if TYPE_CHECKING:
 HOUR_MS = 3_600_000
 DAY_MS = 86_400_000
 ENTRY_BYTES = 340
-PIECE_BYTES = 470
+PIECE_BYTES = 410
 """Python's cost of an entry (key, tuples, LRU slot) and of an hour piece beside its bytes
-and its 4 bytes a window (object, bytes and array headers), as tracemalloc measured them."""
+(object, bytes and array headers, its slot bitmap), as tracemalloc measured them."""
 
 Key = tuple[str, str, int]
 """(VM, metric, hour start in ms)"""
@@ -224,7 +224,7 @@ class SettledCache:
                         if unsettled and not current:
                             continue
                         size = ENTRY_BYTES + sum(PIECE_BYTES + len(piece.segment)
-                                                 + 4 * piece.windows for _, piece in entry)
+                                                 for _, piece in entry)
                         old = self._entries.pop(key, None)
                         if old is not None:
                             self.bytes -= old[1]

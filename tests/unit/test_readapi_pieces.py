@@ -22,12 +22,13 @@ HOUR = 3600
 BASE = 1_795_334_400  # a whole hour
 
 
-def window_rows(vm: str, starts: list[int], rng: np.random.Generator
+def window_rows(vm: str, starts: list[int], rng: np.random.Generator, off_grid: bool = True
                 ) -> list[tuple[str, str, int, bytes]]:
-    """One-metric rows: on-grid windows with slots missing, and every fifth off the grid."""
+    """One-metric rows: on-grid windows with slots missing, and (``off_grid``) every fifth
+    off the grid."""
     rows = []
     for number, start in enumerate(starts):
-        if number % 5 == 4:
+        if off_grid and number % 5 == 4:
             stamps = sorted(set((start + rng.integers(1, 301, 6)).tolist()))
         else:
             slots = np.flatnonzero(rng.random(15) < 0.8)
@@ -48,7 +49,8 @@ def exact(rows: list[tuple[str, str, int, bytes]], first_s: int, last_s: int) ->
 def test_pieces_give_back_the_windows_and_count_any_range_exactly() -> None:
     rng = np.random.default_rng(5)
     starts = [BASE + 300 * k for k in range(36) if k not in (7, 20)]  # 3 hours, 2 missing
-    rows = {vm: window_rows(vm, starts, rng) for vm in ("a", "b")}
+    # "a": some windows off the grid (decoded to count); "b": all on it (its hour bitmaps).
+    rows = {vm: window_rows(vm, starts, rng, off_grid=vm == "a") for vm in ("a", "b")}
     found = hour_pieces(rows["a"] + rows["b"], "cpu")
     assert set(found) == {("a", "cpu", ""), ("b", "cpu", "")}
     for vm in ("a", "b"):
@@ -58,7 +60,6 @@ def test_pieces_give_back_the_windows_and_count_any_range_exactly() -> None:
                 for t, blob in zip(by_hour[hour].starts.tolist(), by_hour[hour].blobs(),
                                    strict=True)]
         assert back == [(r[2] // 1000, r[3]) for r in rows[vm]]
-    pieces = [found[("a", "cpu", "")][h] for h in sorted(found[("a", "cpu", "")])]
     ranges = [(BASE - 600, BASE + 4 * HOUR), (BASE + 1, BASE + 3 * HOUR),
               (BASE + 613, BASE + 2 * HOUR + 17), (BASE + 1207, BASE + 1213),
               (BASE + 1200, BASE + 1200), (BASE + 7 * 300 + 10, BASE + 8 * 300 + 10),
@@ -68,10 +69,14 @@ def test_pieces_give_back_the_windows_and_count_any_range_exactly() -> None:
     for window in (rows["a"][13], rows["a"][14]):
         times, _ = decode_window(window[2] // 1000, window[3])
         ranges += [(BASE + 150, int(times[1])), (int(times[1]), BASE + 3 * HOUR - 150)]
-    for first_s, last_s in ranges:
-        kept = overlapping(pieces, first_s, last_s)
-        assert samples_in_range([kept], first_s, last_s) == [exact(rows["a"], first_s, last_s)]
-    assert overlapping(pieces, BASE + 3 * HOUR + 1, BASE + 4 * HOUR) == []
+    for vm in ("a", "b"):
+        pieces = [found[(vm, "cpu", "")][h] for h in sorted(found[(vm, "cpu", "")])]
+        assert all((p.mask is None) == (vm == "a") for p in pieces)
+        for first_s, last_s in ranges:
+            kept = overlapping(pieces, first_s, last_s)
+            assert samples_in_range([kept], first_s, last_s) == [
+                exact(rows[vm], first_s, last_s)], (vm, first_s - BASE, last_s - BASE)
+        assert overlapping(pieces, BASE + 3 * HOUR + 1, BASE + 4 * HOUR) == []
 
 
 def test_a_series_frame_carries_its_pieces_whole() -> None:

@@ -102,7 +102,7 @@ def keep(cache: SettledCache, vm: str, hour: int, rows: list) -> None:
 
 def test_least_recently_used_go_first_beyond_the_bound() -> None:
     # An entry of one 20-byte window: its piece holds 8+8+4 bytes of header, start and length.
-    one = ENTRY_BYTES + PIECE_BYTES + 8 + 8 + 4 + 20 + 4
+    one = ENTRY_BYTES + PIECE_BYTES + 8 + 8 + 4 + 20
     cache = SettledCache(2 * one + one // 2, 90 * 60, clock=Clock(NOON))
     hour = (NOON - 5 * 3600) * 1000
     for vm in ("a", "b", "c"):
