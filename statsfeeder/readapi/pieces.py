@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import itertools
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from statsfeeder.model import REALTIME_INTERVAL
-from statsfeeder.readapi.batch import SeriesKey, Windows, grouped
+from statsfeeder.readapi.batch import SeriesKey, Windows, encode_entity, encode_labels, grouped
+from statsfeeder.readapi.names import Entity, StoredMetric, series_labels
 from statsfeeder.sinks.cassandra.encoder import (
     SLOTS,
     VERSION_FLAGS_ON_GRID,
@@ -81,6 +82,17 @@ class HourPiece:
             times, _ = decode_window(start, blob)
             total += int(((times >= first_s) & (times <= last_s)).sum())
         return total
+
+
+@dataclass(frozen=True)
+class Pieces:
+    """A series' hour pieces overlapping a Select's range [first_s, last_s] (s), and its
+    samples in it."""
+
+    pieces: list[HourPiece]
+    samples: int
+    first_s: int
+    last_s: int
 
 
 def hour_pieces(rows: list[tuple[Any, ...]], metric: str | None = None
@@ -173,3 +185,40 @@ def encode_pieces(labels: bytes, pieces: Sequence[HourPiece], scale: float, firs
     return b"".join((labels, _SERIES.pack(POINTS_SEGMENTS, scale, first_s * 1000,
                                           last_s * 1000, samples, len(pieces)),
                      *(p.segment for p in pieces)))
+
+
+def kept_series(batch: list[tuple[Entity, dict[str, str]]],
+                found: dict[str, dict[tuple[str, str], list[HourPiece]]],
+                by_metric: Mapping[str, StoredMetric],
+                series_checks: list[tuple[str, Callable[[str], bool]]], first_s: int,
+                last_s: int, encoded: dict[str, bytes]
+                ) -> Iterator[tuple[bytes, float, Pieces]]:
+    """A batch of VMs' series from their hour pieces (``found``: per VM, per (metric,
+    instance)), those with samples in [first_s, last_s]: encoded labels, scale, pieces.
+    ``series_checks``: matchers on labels other than the entity's and the name;
+    ``encoded``: each VM's entity labels as the frame carries them, filled as met."""
+    chosen: list[tuple[Entity, dict[str, str], tuple[str, str], list[HourPiece]]] = []
+    for entity, labels in batch:
+        mine = found.get(entity.vm)
+        if not mine:
+            continue
+        for key in sorted(mine):
+            kept = overlapping(mine[key], first_s, last_s)
+            if not kept:
+                continue
+            if series_checks:
+                full = series_labels(by_metric[key[0]].name, labels, key[1])
+                if not all(check(full.get(name, "")) for name, check in series_checks):
+                    continue
+            chosen.append((entity, labels, key, kept))
+    counts = samples_in_range([kept for *_, kept in chosen], first_s, last_s)
+    for (entity, labels, (metric, instance), kept), samples in zip(chosen, counts,
+                                                                   strict=True):
+        if not samples:
+            continue
+        part = encoded.get(entity.vm)
+        if part is None:
+            part = encoded[entity.vm] = encode_entity(labels)
+        info = by_metric[metric]
+        yield (encode_labels(info.name, part, len(labels), instance), info.scale,
+               Pieces(kept, samples, first_s, last_s))

@@ -44,7 +44,7 @@ from statsfeeder.readapi.names import (
     catalog,
     series_labels,
 )
-from statsfeeder.readapi.pieces import HourPiece, encode_pieces, overlapping, samples_in_range
+from statsfeeder.readapi.pieces import HourPiece, Pieces, encode_pieces, kept_series
 from statsfeeder.readapi.settled import NO_CACHE, DayRead, Settled, SettledCache
 from statsfeeder.sinks.cassandra.write_stamps import StampReader
 from statsfeeder.sources.vcenter.query import STORAGE_WINDOW
@@ -314,7 +314,7 @@ class SeriesStore:
                 pieces: dict[str, dict[tuple[str, str], list[HourPiece]]] = {}
                 for read in batch_reads:
                     cache.collect_pieces(read, [next(results) for _ in read.fills], pieces)
-                for series_bytes, series_scale, series_pieces in self._pieces(
+                for series_bytes, series_scale, series_pieces in kept_series(
                         batch, pieces, by_metric, series_checks, first_s, last_s, encoded):
                     count += 1
                     _within_limit(count, self.max_series)
@@ -357,51 +357,6 @@ class SeriesStore:
                         assert stored is not None
                         stamps, raw = stored
                         yield full, info.scale, (stamps, raw.astype(np.float64) * info.scale)
-
-
-    @staticmethod
-    def _pieces(batch: list[tuple[Entity, dict[str, str]]],
-                found: dict[str, dict[tuple[str, str], list[HourPiece]]],
-                by_metric: Mapping[str, StoredMetric],
-                series_checks: list[tuple[str, Callable[[str], bool]]], first_s: int,
-                last_s: int, encoded: dict[str, bytes]
-                ) -> Iterator[tuple[bytes, float, Pieces]]:
-        """A batch's series from hour pieces, with samples in [first_s, last_s]."""
-        chosen: list[tuple[Entity, dict[str, str], tuple[str, str], list[HourPiece]]] = []
-        for entity, labels in batch:
-            mine = found.get(entity.vm)
-            if not mine:
-                continue
-            for key in sorted(mine):
-                kept = overlapping(mine[key], first_s, last_s)
-                if not kept:
-                    continue
-                if series_checks:
-                    full = series_labels(by_metric[key[0]].name, labels, key[1])
-                    if not all(check(full.get(name, "")) for name, check in series_checks):
-                        continue
-                chosen.append((entity, labels, key, kept))
-        counts = samples_in_range([kept for *_, kept in chosen], first_s, last_s)
-        for (entity, labels, (metric, instance), kept), samples in zip(chosen, counts,
-                                                                       strict=True):
-            if not samples:
-                continue
-            part = encoded.get(entity.vm)
-            if part is None:
-                part = encoded[entity.vm] = encode_entity(labels)
-            info = by_metric[metric]
-            yield (encode_labels(info.name, part, len(labels), instance), info.scale,
-                   Pieces(kept, samples, first_s, last_s))
-
-
-@dataclass(frozen=True)
-class Pieces:
-    """A series' hour pieces overlapping a Select's range [first_s, last_s] (s), and its
-    samples in it."""
-    pieces: list[HourPiece]
-    samples: int
-    first_s: int
-    last_s: int
 
 
 def _within_limit(count: int, limit: int) -> None:
