@@ -232,7 +232,7 @@ def label_bytes(labels: Mapping[str, str]) -> bytes:
 
 
 def encode_packed(labels: bytes, series: Packed, scale: float) -> bytes:
-    """A packed series (the engine's readPacked): labels (``encode_labels``), the marker,
+    """A packed series (the engine's frameDecoder.packed): labels (``encode_labels``), the marker,
     f64 scale, i64 first and last timestamp kept (ms), u32 samples kept, u32 windows, u32
     data bytes, i64 starts, u32 lengths, the blobs."""
     return b"".join([labels,

@@ -1,5 +1,5 @@
 """Hour pieces: one series' stored windows of one hour, kept (``settled.py``) in the form the
-engine's frame carries them (``engine/storage.go``, readSegments), so a Select answered from
+engine's frame carries them (``engine/packedframe.go``, segments), so a Select answered from
 memory joins each series' pieces instead of regrouping, clipping and re-encoding its windows.
 The engine drops the windows outside the Select's range; the samples in range are counted
 here, for the Select's metrics and to leave out series with none, from each piece's bitmap of
@@ -179,7 +179,7 @@ def samples_in_range(series: Sequence[Sequence[HourPiece]], first_s: int, last_s
 
 def encode_pieces(labels: bytes, pieces: Sequence[HourPiece], scale: float, first_s: int,
                   last_s: int, samples: int) -> bytes:
-    """A series as hour pieces (the engine's readSegments): labels (``encode_labels``), the
+    """A series as hour pieces (the engine's frameDecoder.segments): labels (``encode_labels``), the
     marker, f64 scale, i64 first and last timestamp kept (ms), u32 samples in that range,
     u32 pieces, then each piece's segment."""
     return b"".join((labels, _SERIES.pack(POINTS_SEGMENTS, scale, first_s * 1000,
