@@ -28,11 +28,6 @@ def grid_slots(data: np.ndarray, heads: np.ndarray, starts: Int64Array
     slots hold a sample (from the header's bitmap), and every slot's timestamp (window by
     slot)."""
     bitmaps = data[heads + 1].astype(np.int64) | data[heads + 2].astype(np.int64) << 8
-    return bitmap_slots(bitmaps, starts)
-
-
-def bitmap_slots(bitmaps: np.ndarray, starts: Int64Array) -> tuple[np.ndarray, Int64Array]:
-    """``grid_slots`` from the windows' slot bitmaps."""
     present = (bitmaps[:, None] >> _SLOT_BITS) & 1 == 1
     return present, starts[:, None] + _SLOT_OFFSETS
 

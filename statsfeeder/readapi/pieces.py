@@ -25,6 +25,7 @@ from statsfeeder.sinks.cassandra.encoder import (
     VERSION_FLAGS_ON_GRID,
     BlobError,
     decode_window,
+    read_varints,
 )
 from statsfeeder.sources.vcenter.query import STORAGE_WINDOW
 
@@ -119,7 +120,7 @@ def hour_pieces(rows: list[tuple[Any, ...]], metric: str | None = None
                         ) & (1 << SLOTS) - 1
     counts = np.bitwise_count(bitmaps).astype(np.int64)
     for window in np.flatnonzero(~on_grid).tolist():  # rare: a real vCenter's are on grid
-        counts[window] = _varint(blobs[window], 1)
+        (counts[window],), _ = read_varints(blobs[window], 1, 1)
     starts = groups.starts
     hours = starts // 3600 * 3600
     # A piece: a run of one series' windows in one hour (windows are grouped by series).
@@ -150,18 +151,6 @@ def hour_pieces(rows: list[tuple[Any, ...]], metric: str | None = None
             segment, np.frombuffer(segment, dtype="<i8", count=b - a, offset=_HEAD.size),
             mask, totals[number], first_starts[number], last_starts[number])
     return found
-
-
-def _varint(blob: bytes, position: int) -> int:
-    result = shift = 0
-    while position < len(blob):
-        byte = blob[position]
-        position += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return result
-        shift += 7
-    raise BlobError("sample blob is truncated")
 
 
 def overlapping(pieces: Sequence[HourPiece], first_s: int, last_s: int) -> list[HourPiece]:

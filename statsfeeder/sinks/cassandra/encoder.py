@@ -66,7 +66,7 @@ def _put_varints(numbers: list[int], out: bytearray) -> None:
         out.append(number)
 
 
-def _read_varints(blob: bytes, position: int, count: int) -> tuple[list[int], int]:
+def read_varints(blob: bytes, position: int, count: int) -> tuple[list[int], int]:
     numbers: list[int] = []
     for _ in range(count):
         result = shift = 0
@@ -93,11 +93,11 @@ def decode_window(window_start: int, blob: bytes) -> tuple[Int64Array, Int64Arra
         stamps = [window_start + REALTIME_INTERVAL * (slot + 1) for slot in slots]
         position = 3
     else:
-        (count,), position = _read_varints(blob, 1, 1)
-        offsets, position = _read_varints(blob, position, count)
+        (count,), position = read_varints(blob, 1, 1)
+        offsets, position = read_varints(blob, position, count)
         stamps = np.cumsum(offsets).tolist()
         stamps = [window_start + offset for offset in stamps]
-    zigzag, position = _read_varints(blob, position, len(stamps))
+    zigzag, position = read_varints(blob, position, len(stamps))
     deltas = np.array([(z >> 1) ^ -(z & 1) for z in zigzag], dtype=np.int64)
     return np.array(stamps, dtype=np.int64), np.cumsum(deltas, dtype=np.int64)
 
