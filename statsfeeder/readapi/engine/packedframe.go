@@ -28,97 +28,89 @@ func (d *frameDecoder) head(lset labels.Labels, size int) (*packedSeries, []byte
 }
 
 // packed reads a packed series after its marker: f64 scale, i64 first and last
-// timestamp kept (ms), u32 samples in that range, u32 windows, u32 data bytes, the windows'
-// i64 starts (s), their u32 lengths, then their blobs one after another.
+// timestamp kept (ms), u32 samples in that range, then its windows as one segment would
+// hold them (u32 windows, u32 data bytes, ...).
 func (d *frameDecoder) packed(lset labels.Labels) (*packedSeries, error) {
-	r := d.r
 	series, head, err := d.head(lset, 36)
 	if err != nil {
 		return nil, err
 	}
 	windows := int(binary.LittleEndian.Uint32(head[28:]))
 	size := int(binary.LittleEndian.Uint32(head[32:]))
-	if uint64(windows)*12+uint64(size) > 1<<34 {
-		return nil, errors.New("storage: bad frame")
-	}
-	d.scratch = append(d.scratch[:0], make([]byte, 12*windows)...)
-	raw := d.scratch
-	if _, err := io.ReadFull(r, raw); err != nil {
-		return nil, fmt.Errorf("storage: truncated frame: %w", err)
-	}
-	series.starts = make([]int64, windows)
-	series.ends = make([]uint32, windows)
-	end := uint32(0)
-	for i := 0; i < windows; i++ {
-		series.starts[i] = int64(binary.LittleEndian.Uint64(raw[8*i:]))
-		end += binary.LittleEndian.Uint32(raw[8*windows+4*i:])
-		series.ends[i] = end
-	}
-	if int(end) != size {
-		return nil, errors.New("storage: bad frame")
-	}
-	series.data = make([]byte, size)
-	if _, err := io.ReadFull(r, series.data); err != nil {
-		return nil, fmt.Errorf("storage: truncated frame: %w", err)
-	}
-	if d.samples, err = series.check(d.samples); err != nil {
+	d.starts, d.ends, d.data, d.total = d.starts[:0], d.ends[:0], d.data[:0], 0
+	if err := d.windows(series, windows, size); err != nil {
 		return nil, err
 	}
-	return series, nil
+	return d.finish(series)
 }
 
 // segments reads a series sent as hour pieces after its marker: f64 scale, i64 first
 // and last timestamp kept (ms), u32 samples in that range, u32 segments; per segment u32
-// windows, u32 data bytes, the windows' i64 starts (s), their u32 lengths, their blobs.
-// Windows that cannot hold a sample in range (the pieces are whole hours) are dropped.
+// windows, u32 data bytes, then its windows.
 func (d *frameDecoder) segments(lset labels.Labels) (*packedSeries, error) {
-	r := d.r
 	series, head, err := d.head(lset, 32)
 	if err != nil {
 		return nil, err
 	}
-	first, last := series.mint/1000-windowSeconds, series.maxt/1000
 	segments := int(binary.LittleEndian.Uint32(head[28:]))
-	d.starts, d.ends, d.data = d.starts[:0], d.ends[:0], d.data[:0]
-	var total uint64
+	d.starts, d.ends, d.data, d.total = d.starts[:0], d.ends[:0], d.data[:0], 0
 	for n := 0; n < segments; n++ {
-		sizes := d.word[:8]
-		if _, err := io.ReadFull(r, sizes); err != nil {
-			return nil, fmt.Errorf("storage: truncated frame: %w", err)
+		windows, err := readU32(d.r)
+		if err != nil {
+			return nil, err
 		}
-		windows := int(binary.LittleEndian.Uint32(sizes[0:]))
-		size := int(binary.LittleEndian.Uint32(sizes[4:]))
-		if total += uint64(windows)*12 + uint64(size); total > 1<<34 {
-			return nil, errors.New("storage: bad frame")
+		size, err := readU32(d.r)
+		if err != nil {
+			return nil, err
 		}
-		d.scratch = append(d.scratch[:0], make([]byte, 12*windows+size)...)
-		raw := d.scratch
-		if _, err := io.ReadFull(r, raw); err != nil {
-			return nil, fmt.Errorf("storage: truncated frame: %w", err)
-		}
-		blobs := raw[12*windows:]
-		offset := uint32(0)
-		for i := 0; i < windows; i++ {
-			start := int64(binary.LittleEndian.Uint64(raw[8*i:]))
-			length := binary.LittleEndian.Uint32(raw[8*windows+4*i:])
-			if uint64(offset)+uint64(length) > uint64(size) {
-				return nil, errors.New("storage: bad frame")
-			}
-			if start >= first && start <= last {
-				d.starts = append(d.starts, start)
-				d.data = append(d.data, blobs[offset:offset+length]...)
-				d.ends = append(d.ends, uint32(len(d.data)))
-			}
-			offset += length
-		}
-		if int(offset) != size {
-			return nil, errors.New("storage: bad frame")
+		if err := d.windows(series, int(windows), int(size)); err != nil {
+			return nil, err
 		}
 	}
-	// Sized copies: the decoder's buffers serve the next series.
+	return d.finish(series)
+}
+
+// windows reads windows i64 starts (s), their u32 lengths, then their blobs (size bytes in
+// all), keeping those that may hold a sample in the series' range (hour pieces are whole
+// hours; a block the store clipped keeps all).
+func (d *frameDecoder) windows(series *packedSeries, windows, size int) error {
+	if d.total += uint64(windows)*12 + uint64(size); d.total > 1<<34 {
+		return errors.New("storage: bad frame")
+	}
+	d.scratch = append(d.scratch[:0], make([]byte, 12*windows+size)...)
+	raw := d.scratch
+	if _, err := io.ReadFull(d.r, raw); err != nil {
+		return fmt.Errorf("storage: truncated frame: %w", err)
+	}
+	first, last := series.mint/1000-windowSeconds, series.maxt/1000
+	blobs := raw[12*windows:]
+	offset := uint32(0)
+	for i := 0; i < windows; i++ {
+		start := int64(binary.LittleEndian.Uint64(raw[8*i:]))
+		length := binary.LittleEndian.Uint32(raw[8*windows+4*i:])
+		if uint64(offset)+uint64(length) > uint64(size) {
+			return errors.New("storage: bad frame")
+		}
+		if start >= first && start <= last {
+			d.starts = append(d.starts, start)
+			d.data = append(d.data, blobs[offset:offset+length]...)
+			d.ends = append(d.ends, uint32(len(d.data)))
+		}
+		offset += length
+	}
+	if int(offset) != size {
+		return errors.New("storage: bad frame")
+	}
+	return nil
+}
+
+// finish gives the series sized copies of the windows kept (the decoder's buffers serve
+// the next series) and checks them.
+func (d *frameDecoder) finish(series *packedSeries) (*packedSeries, error) {
 	series.starts = append([]int64(nil), d.starts...)
 	series.ends = append([]uint32(nil), d.ends...)
 	series.data = append([]byte(nil), d.data...)
+	var err error
 	if d.samples, err = series.check(d.samples); err != nil {
 		return nil, err
 	}

@@ -96,3 +96,45 @@ func TestASegmentWhoseLengthsDisagreeIsABadFrame(t *testing.T) {
 		t.Fatal("a segment whose lengths do not add up was read")
 	}
 }
+
+// A block of windows the store clipped (pointsPacked) reads as one segment would, all kept.
+func TestAPackedBlockReadsLikeOneSegment(t *testing.T) {
+	base := int64(1795334400)
+	var starts []int64
+	var blobs [][]byte
+	for w := int64(0); w < 4; w++ {
+		start := base + 300*w
+		starts = append(starts, start)
+		blobs = append(blobs, encodeWindow(start, []int64{start + 20, start + 300}, []int64{w, -w}))
+	}
+	mint, maxt := base*1000, (base+1200)*1000
+	body := segment(starts, blobs)
+	// A packed head is a segments head without the segment count: the segment follows.
+	packed := append(segmentsHead(mint, maxt, 1)[:28], body...)
+	asSegment := append(segmentsHead(mint, maxt, 1), body...)
+	got, err := (&frameDecoder{r: bufio.NewReader(bytes.NewReader(packed))}).packed(labels.EmptyLabels())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := (&frameDecoder{r: bufio.NewReader(bytes.NewReader(asSegment))}).segments(labels.EmptyLabels())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.starts) != 4 || !bytes.Equal(got.data, want.data) || len(got.ends) != len(want.ends) {
+		t.Fatalf("packed read %v (%d bytes), as a segment %v (%d bytes)", got.starts,
+			len(got.data), want.starts, len(want.data))
+	}
+	for i := range got.starts {
+		if got.starts[i] != want.starts[i] || got.ends[i] != want.ends[i] {
+			t.Fatalf("window %d: packed %d/%d, segment %d/%d", i, got.starts[i], got.ends[i],
+				want.starts[i], want.ends[i])
+		}
+	}
+	// Its lengths must add up to its data bytes, as a segment's.
+	bad := append([]byte(nil), packed...)
+	binary.LittleEndian.PutUint32(bad[32:], uint32(len(bytes.Join(blobs, nil))+1))
+	bad = append(bad, 0)
+	if _, err := (&frameDecoder{r: bufio.NewReader(bytes.NewReader(bad))}).packed(labels.EmptyLabels()); err == nil {
+		t.Fatal("a packed block whose lengths do not add up was read")
+	}
+}

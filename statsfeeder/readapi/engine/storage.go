@@ -257,7 +257,6 @@ func decodeFrame(r *bufio.Reader) ([]storage.Series, error) {
 // query's thousands of series would otherwise cost dozens of allocations each.
 type frameDecoder struct {
 	r       *bufio.Reader
-	word    [8]byte
 	scratch []byte
 	bounds  []int
 	builder labels.ScratchBuilder
@@ -265,6 +264,7 @@ type frameDecoder struct {
 	starts  []int64       // a series' kept windows, until copied out
 	ends    []uint32
 	data    []byte
+	total   uint64 // a series' window bytes read, against a bound
 }
 
 // labels reads a series' count labels: their bytes into one string, the names and values
@@ -272,22 +272,10 @@ type frameDecoder struct {
 func (d *frameDecoder) labels(count int) (labels.Labels, error) {
 	d.scratch, d.bounds = d.scratch[:0], d.bounds[:0]
 	for i := 0; i < 2*count; i++ {
-		prefix := 2 + 2*(i%2) // a u16 name length, then a u32 value length
-		buf := d.word[:4]
-		if _, err := io.ReadFull(d.r, buf[:prefix]); err != nil {
-			return labels.EmptyLabels(), fmt.Errorf("storage: truncated frame: %w", err)
-		}
-		n := int(binary.LittleEndian.Uint16(buf[:2]))
-		if prefix == 4 {
-			n = int(binary.LittleEndian.Uint32(buf))
-		}
-		if n > 1<<24 {
-			return labels.EmptyLabels(), errors.New("storage: bad frame")
-		}
-		at := len(d.scratch)
-		d.scratch = append(d.scratch, make([]byte, n)...)
-		if _, err := io.ReadFull(d.r, d.scratch[at:]); err != nil {
-			return labels.EmptyLabels(), fmt.Errorf("storage: truncated frame: %w", err)
+		var err error
+		// A u16-length name, then a u32-length value.
+		if d.scratch, err = appendPrefixed(d.r, 2+2*(i%2), d.scratch); err != nil {
+			return labels.EmptyLabels(), err
 		}
 		d.bounds = append(d.bounds, len(d.scratch))
 	}
@@ -304,32 +292,48 @@ func (d *frameDecoder) labels(count int) (labels.Labels, error) {
 }
 
 func readU32(r *bufio.Reader) (uint32, error) {
-	var buf [4]byte
-	if _, err := io.ReadFull(r, buf[:]); err != nil {
-		return 0, fmt.Errorf("storage: truncated frame: %w", err)
+	n, err := readUint(r, 4)
+	return uint32(n), err
+}
+
+// readUint reads a little-endian unsigned integer of size bytes (at most 4) byte by byte: a
+// local array handed to io.ReadFull would be an allocation per call.
+func readUint(r *bufio.Reader, size int) (int, error) {
+	n := 0
+	for i := 0; i < size; i++ {
+		b, err := r.ReadByte()
+		if err != nil {
+			return 0, fmt.Errorf("storage: truncated frame: %w", err)
+		}
+		n |= int(b) << (8 * i)
 	}
-	return binary.LittleEndian.Uint32(buf[:]), nil
+	return n, nil
 }
 
 func readBytes(r *bufio.Reader, prefix int) ([]byte, error) {
-	var buf [4]byte
-	if _, err := io.ReadFull(r, buf[:prefix]); err != nil {
-		return nil, fmt.Errorf("storage: truncated frame: %w", err)
+	return appendPrefixed(r, prefix, nil)
+}
+
+// appendPrefixed appends to dst the bytes that follow their little-endian u16 (prefix 2)
+// or u32 (prefix 4) length, at most 16 MiB.
+func appendPrefixed(r *bufio.Reader, prefix int, dst []byte) ([]byte, error) {
+	n, err := readUint(r, prefix)
+	if err != nil {
+		return dst, err
 	}
-	n := uint32(binary.LittleEndian.Uint16(buf[:2]))
-	if prefix == 4 {
-		n = binary.LittleEndian.Uint32(buf[:])
+	if n > 1<<24 {
+		return dst, errors.New("storage: bad frame")
 	}
-	out := make([]byte, n)
-	if _, err := io.ReadFull(r, out); err != nil {
-		return nil, fmt.Errorf("storage: truncated frame: %w", err)
+	at := len(dst)
+	dst = append(dst, make([]byte, n)...)
+	if _, err := io.ReadFull(r, dst[at:]); err != nil {
+		return dst, fmt.Errorf("storage: truncated frame: %w", err)
 	}
-	return out, nil
+	return dst, nil
 }
 
 // memSeries is one decoded series: timestamps ascending, in milliseconds. Its iterator is
-// Prometheus's own (promql.StorageSeries): an iterator of ours would declare a Seek(int64)
-// method, which go vet takes for a wrong io.Seeker.
+// Prometheus's own (promql.StorageSeries).
 type memSeries struct {
 	lset   labels.Labels
 	floats []promql.FPoint
